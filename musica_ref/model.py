@@ -1,0 +1,170 @@
+"""The MuSiCa cascade (paper section 3, spec 4-7): image + box -> pyramid -> 3 iterations of
+patches -> network -> update, with early exit -> landmarks in image coordinates.
+
+    frame   = geometry.face_frame(box)                     level-0 frame: margin 0.3, longer box side 142
+    levels  = pyramid.build_pyramid(image, frame)          3 resamplings, exact powers of two apart
+    S       = mean shape placed in the box (level 0)
+    for i, L in enumerate([2, 1, 0]):
+        patches = 14x14 around S[patch_indices] / 2**L on level L
+        out, h  = network(patches, h)                      out = (dx, dy) per landmark, then E(i)
+        S_L     = S / 2**L + d + out ;  E(i) = out[-1]     Eq. 1: S(i+1) = 2 S(i) + dx
+        if ts > 0 and E(i) < ts: stop
+    failed  = E(last run) > tf
+    landmarks = geometry.level_to_image(S_L)
+
+Many faces run together: their patches go through every kernel in one batch, and faces that exit early
+leave the batch. Every face's arithmetic is the same whatever the batch, so batch == one at a time.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import geometry, kernels
+from .errors import InputError
+from .io import as_rgb
+from .network import HIDDEN, iteration_forward
+from .pyramid import build_pyramid
+from .weights import Weights, load_weights
+
+
+@dataclass
+class Result:
+    """What the model says about one face.
+
+    landmarks: (N, 2) float64, (x, y) in image pixels, 0-based: the estimate of the last iteration run.
+    errors: (iterations,) float64, the error estimate E(i) of every iteration run (a fraction of the
+        outer-eye-corner distance: 0.024 = 2.4%).
+    iterations: how many iterations ran (1 .. 3).
+    failed: E of the last iteration run > tf.
+    multiply_adds: multiply-adds performed for this face (the "full" convention of opcount).
+    history: (iterations, N, 2) the landmarks after every iteration run, in image pixels.
+    macs_by_layer: multiply-adds per layer name (gate multiplies included here, not in multiply_adds).
+    """
+    landmarks: np.ndarray
+    errors: np.ndarray
+    iterations: int
+    failed: bool
+    multiply_adds: int
+    history: np.ndarray
+    macs_by_layer: dict = field(default_factory=dict)
+
+
+def _check_thresholds(ts, tf):
+    for name, v in (("ts", ts), ("tf", tf)):
+        try:
+            fv = float(v)
+        except (TypeError, ValueError):
+            raise InputError(f"{name} must be a number, got {v!r}") from None
+        if math.isnan(fv):
+            raise InputError(f"{name} must not be NaN")
+    if float(ts) < 0:
+        raise InputError(f"ts must be >= 0 (0 runs every iteration), got {ts}")
+    return float(ts), float(tf)
+
+
+class MuSiCa:
+    """A loaded MuSiCa model. `MuSiCa.load(path)` reads a weights file; `predict` runs one face and
+    `predict_batch` many."""
+
+    def __init__(self, weights: Weights):
+        self.weights = weights
+        self.n_landmarks = weights.n_landmarks
+        self.patch_indices = weights.patch_indices
+        self.mean_shape = weights.mean_shape
+
+    @classmethod
+    def load(cls, path) -> "MuSiCa":
+        return cls(load_weights(path))
+
+    def predict(self, image, box, ts: float = 0.0, tf: float = math.inf) -> Result:
+        """Landmarks of the face in `box` (x0, y0, x1, y1) of `image` (H, W, 3) RGB.
+
+        ts: stop after iteration i if E(i) < ts (ts = 0 runs every iteration).
+        tf: the result is a failure if E of the last iteration run > tf.
+        """
+        return self.predict_batch(image, [box], ts=ts, tf=tf)[0]
+
+    def predict_batch(self, images, boxes, ts: float = 0.0, tf: float = math.inf) -> list[Result]:
+        """Many faces in one call: `images` is one image (then every box is in it) or a list of images, one
+        per box. Returns one Result per box, identical to calling `predict` on each."""
+        ts, tf = _check_thresholds(ts, tf)
+        boxes = list(boxes)
+        if isinstance(images, np.ndarray):
+            images = [images] * len(boxes)
+        images = list(images)
+        if len(images) != len(boxes):
+            raise InputError(f"got {len(images)} images for {len(boxes)} boxes; give one image, or one per box")
+        if not boxes:
+            return []
+        prepared = {}
+        faces = []
+        for img, box in zip(images, boxes):
+            if id(img) not in prepared:                     # one conversion per distinct image
+                prepared[id(img)] = as_rgb(img)
+            rgb = prepared[id(img)]
+            frame = geometry.face_frame(geometry.check_box(box, rgb.shape))
+            faces.append((frame, build_pyramid(rgb, frame)))
+        return self._cascade(faces, ts, tf)
+
+    def _cascade(self, faces, ts, tf, keep: bool = False):
+        """Run the cascade on prepared faces [(frame, levels)]. With keep=True also return, per iteration,
+        the patch centres, the patches and the named intermediates of the faces still running."""
+        F, N, idx = len(faces), self.n_landmarks, self.patch_indices
+        init0 = np.stack([geometry.initial_shape(self.mean_shape, fr) for fr, _ in faces])   # (F, N, 2)
+        d = np.zeros((F, N, 2))                  # displacement, in the current level's pixels
+        h = np.zeros((F, HIDDEN), np.float32)    # recurrent state
+        active = np.arange(F)                    # faces still running
+        errors = [[] for _ in range(F)]
+        history = [[] for _ in range(F)]
+        counters = [Counter() for _ in range(F)]
+        trace = []
+        for i, L in enumerate(geometry.ITERATION_LEVELS):
+            centres = init0[active][:, idx] / 2 ** L + d[active][:, idx]                    # (Fa, P, 2)
+            patches = np.concatenate([
+                kernels.extract_patches(faces[f][1][L], geometry.patch_corners(c), geometry.PATCH_SIZE)
+                for f, c in zip(active, centres)])                                          # (Fa*P, 14, 14, 3)
+            step = Counter()
+            out, h_new, inter = iteration_forward(patches, h[active], self.weights.iterations[i], step, keep)
+            if keep:
+                trace.append({"faces": active.copy(), "level": L, "centres": centres, "patches": patches,
+                              **inter})
+            h[active] = h_new
+            d[active] += out[:, :2 * N].reshape(-1, N, 2)
+            still = []
+            for row, f in enumerate(active):
+                for k, v in step.items():           # every face did the same work in this iteration
+                    counters[f][k] += v // len(active)
+                e = float(out[row, 2 * N])
+                errors[f].append(e)
+                frame = faces[f][0]
+                history[f].append(geometry.level_to_image(init0[f] / 2 ** L + d[f], frame, L))
+                if not (ts > 0 and e < ts):
+                    still.append(f)
+            active = np.asarray(still, dtype=np.int64)
+            if len(active) == 0:
+                break
+            d[active] *= 2                          # Eq. 1: move to the next, twice finer level
+        results = []
+        for f in range(F):
+            e = np.asarray(errors[f])
+            results.append(Result(
+                landmarks=history[f][-1], errors=e, iterations=len(e), failed=bool(e[-1] > tf),
+                multiply_adds=sum(v for k, v in counters[f].items() if k != "gate"),
+                history=np.stack(history[f]), macs_by_layer=dict(counters[f])))
+        return (results, trace) if keep else results
+
+    def trace(self, image, box):
+        """Run one face with every iteration and return (Result, per-iteration records): the level,
+        the patch centres (level pixels), the patches and the named intermediates of network.INTERMEDIATES,
+        plus the pyramid levels. For debugging, porting and test vectors."""
+        rgb = as_rgb(image)
+        frame = geometry.face_frame(geometry.check_box(box, rgb.shape))
+        levels = build_pyramid(rgb, frame)
+        results, trace = self._cascade([(frame, levels)], 0.0, math.inf, keep=True)
+        for rec in trace:
+            rec["level_image"] = levels[rec["level"]]
+        return results[0], trace

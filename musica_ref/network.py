@@ -1,0 +1,92 @@
+"""One iteration's network (spec section 6), run with the Numba kernels.
+
+    patches (B*P, 14, 14, 3)
+      conv1   3x3x32, bias, ReLU     -> (B*P, 12, 12, 32)
+      pool1   max 2x2                -> (B*P, 6, 6, 32)
+      conv2   3x3x32, bias, ReLU     -> (B*P, 4, 4, 32)
+      pool2   max 2x2                -> (B*P, 2, 2, 32)
+      features = [crop2x2(conv2), pool2] flattened (row, col, channel)      -> (B*P, 256)
+      attention = sigmoid(features @ W_att + b_att)                         -> (B*P, 256)
+      gated = features * attention                                          -> (B*P, 256)
+      hidden = tanh([gated of all P patches, h_prev] @ W_rnn + b_rnn)       -> (B, 512)
+      out = hidden @ W_out + b_out = (dx_0, dy_0, ..., dx_{N-1}, dy_{N-1}, E) -> (B, 2N+1)
+
+B faces, P patches per face. Weights are separate per iteration and shared by all patches.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from . import kernels
+from .geometry import PATCH_SIZE
+
+IN_CHANNELS = 3
+CONV_FILTERS = 32
+FEATURES = 2 * 2 * 2 * CONV_FILTERS   # 256 per patch: 2x2 positions x [crop, pool2] channels
+HIDDEN = 512
+
+# The named intermediates one iteration can return; the trainer and the golden test vectors use the same names.
+INTERMEDIATES = ("conv1", "pool1", "conv2", "pool2", "features", "attention", "gated", "hidden", "out")
+
+# Tensor names of one iteration in the weights file, in order.
+TENSORS = ("conv1/weight", "conv1/bias", "conv2/weight", "conv2/bias", "attention/weight", "attention/bias",
+           "recurrent/weight", "recurrent/bias", "output/weight", "output/bias")
+
+
+def tensor_shapes(n_landmarks: int, n_patches: int) -> dict[str, tuple[int, ...]]:
+    """Shape of every tensor of one iteration for N landmarks and P patches. Weights are (in, out)."""
+    return {
+        "conv1/weight": (3, 3, IN_CHANNELS, CONV_FILTERS), "conv1/bias": (CONV_FILTERS,),
+        "conv2/weight": (3, 3, CONV_FILTERS, CONV_FILTERS), "conv2/bias": (CONV_FILTERS,),
+        "attention/weight": (FEATURES, FEATURES), "attention/bias": (FEATURES,),
+        "recurrent/weight": (n_patches * FEATURES + HIDDEN, HIDDEN), "recurrent/bias": (HIDDEN,),
+        "output/weight": (HIDDEN, 2 * n_landmarks + 1), "output/bias": (2 * n_landmarks + 1,),
+    }
+
+
+def _elementwise(kernel, x):
+    """Apply a 1-D elementwise kernel to an array of any shape."""
+    return kernel(np.ascontiguousarray(x).reshape(-1)).reshape(x.shape)
+
+
+def iteration_forward(patches, h_prev, w, counter: Counter | None = None, keep: bool = False):
+    """Run one iteration's network on B faces.
+
+    patches (B*P, 14, 14, 3) float32, face-major then patch-order; h_prev (B, 512) float32;
+    w: dict tensor name -> float32 array (see TENSORS). counter, if given, gets the multiply-adds actually
+    performed added per layer ("conv1", "conv2", "attention", "gate", "recurrent", "output"), counted from
+    the shapes of the arrays each kernel ran on.
+    Returns (out (B, 2N+1), hidden (B, 512), intermediates dict or None).
+    """
+    B = h_prev.shape[0]
+    BP = patches.shape[0]
+    assert patches.shape[1:] == (PATCH_SIZE, PATCH_SIZE, IN_CHANNELS) and BP % B == 0
+
+    conv1 = kernels.conv3x3(patches, w["conv1/weight"], w["conv1/bias"], True)    # (BP, 12, 12, 32)
+    pool1 = kernels.maxpool2x2(conv1)                                              # (BP, 6, 6, 32)
+    conv2 = kernels.conv3x3(pool1, w["conv2/weight"], w["conv2/bias"], True)       # (BP, 4, 4, 32)
+    pool2 = kernels.maxpool2x2(conv2)                                              # (BP, 2, 2, 32)
+    features = kernels.crop_concat(conv2, pool2)                                   # (BP, 256)
+    attention = _elementwise(kernels.sigmoid, kernels.fully_connected(
+        features, w["attention/weight"], w["attention/bias"]))                     # (BP, 256)
+    gated = kernels.gate(features, attention)                                      # (BP, 256)
+    rnn_in = np.concatenate([gated.reshape(B, -1), h_prev], axis=1)                # (B, P*256 + 512)
+    hidden = _elementwise(kernels.tanh, kernels.fully_connected(
+        rnn_in, w["recurrent/weight"], w["recurrent/bias"]))                       # (B, 512)
+    out = kernels.fully_connected(hidden, w["output/weight"], w["output/bias"])   # (B, 2N+1)
+
+    if counter is not None:
+        # multiply-adds of each kernel call, from the shapes it actually processed
+        counter["conv1"] += conv1.size * 3 * 3 * patches.shape[3]
+        counter["conv2"] += conv2.size * 3 * 3 * pool1.shape[3]
+        counter["attention"] += features.shape[0] * features.shape[1] * attention.shape[1]
+        counter["gate"] += gated.size
+        counter["recurrent"] += rnn_in.shape[0] * rnn_in.shape[1] * hidden.shape[1]
+        counter["output"] += hidden.shape[0] * hidden.shape[1] * out.shape[1]
+    inter = None
+    if keep:
+        inter = dict(conv1=conv1, pool1=pool1, conv2=conv2, pool2=pool2, features=features,
+                     attention=attention, gated=gated, hidden=hidden, out=out)
+    return out, hidden, inter

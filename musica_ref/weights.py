@@ -1,0 +1,241 @@
+"""The weights file: HDF5, format "musica-ref-weights", version 1 (documented in docs/weights-format.md).
+
+    /                       attrs: format, format_version, variant, n_landmarks, n_patches, n_iterations
+    /patch_indices          (P,) int                  0-based landmark indices, in patch order
+    /mean_shape             (N, 2) float              (x, y) in the box frame: box top-left 0, longer side 142
+    /geometry               attrs: bb_size, margin, patch_size, iteration_levels, eye_corners
+    /iteration_{i}/{layer}/{weight,bias}   i = 0, 1, 2; float32 or float16; weights are (in, out)
+    /provenance             attrs: free-form (data set, epochs, validation NME, git commit, ...)
+
+Loading checks everything and raises WeightsError naming the problem. No pickle anywhere.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import geometry
+from .errors import WeightsError
+from .network import TENSORS, tensor_shapes
+from .variants import Variant, custom_variant
+
+FORMAT_NAME = "musica-ref-weights"
+FORMAT_VERSION = 1
+N_ITERATIONS = len(geometry.ITERATION_LEVELS)
+
+
+@dataclass
+class Weights:
+    """A loaded model: its variant, mean shape and the tensors of every iteration (float32, C-contiguous).
+
+    variant: N landmarks and the P patch indices.
+    mean_shape: (N, 2) float64, (x, y) in the box frame.
+    iterations: N_ITERATIONS dicts, tensor name (network.TENSORS) -> float32 array.
+    provenance: free-form facts about where the weights come from.
+    """
+    variant: Variant
+    mean_shape: np.ndarray
+    iterations: list
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def n_landmarks(self) -> int:
+        return self.variant.n_landmarks
+
+    @property
+    def patch_indices(self) -> np.ndarray:
+        return np.asarray(self.variant.patch_indices, dtype=np.int64)
+
+    def n_parameters(self) -> int:
+        return sum(a.size for it in self.iterations for a in it.values())
+
+
+def _geometry_attrs(n_landmarks: int) -> dict:
+    eyes = geometry.eye_corners(n_landmarks)
+    return {"bb_size": geometry.BB_SIZE, "margin": geometry.MARGIN, "patch_size": geometry.PATCH_SIZE,
+            "iteration_levels": np.asarray(geometry.ITERATION_LEVELS, dtype=np.int64),
+            "eye_corners": np.asarray(eyes if eyes else (-1, -1), dtype=np.int64)}
+
+
+def check_weights(w: Weights) -> Weights:
+    """Check shapes, dtypes and finiteness of an in-memory Weights; return it with float32 C arrays."""
+    N, P = w.variant.n_landmarks, w.variant.n_patches
+    ms = np.asarray(w.mean_shape, dtype=np.float64)
+    if ms.shape != (N, 2):
+        raise WeightsError(f"mean_shape has shape {ms.shape}, expected ({N}, 2) for N = {N} landmarks")
+    if not np.all(np.isfinite(ms)):
+        raise WeightsError("mean_shape has non-finite values")
+    if len(w.iterations) != N_ITERATIONS:
+        raise WeightsError(f"expected {N_ITERATIONS} iterations, got {len(w.iterations)}")
+    shapes = tensor_shapes(N, P)
+    its = []
+    for i, it in enumerate(w.iterations):
+        clean = {}
+        for name in TENSORS:
+            where = f"iteration_{i}/{name}"
+            if name not in it:
+                raise WeightsError(f"tensor {where} is missing")
+            a = np.asarray(it[name])
+            if a.shape != shapes[name]:
+                raise WeightsError(f"tensor {where} has shape {a.shape}, expected {shapes[name]} "
+                                   f"for N = {N} landmarks and P = {P} patches")
+            if a.dtype not in (np.float16, np.float32, np.float64):
+                raise WeightsError(f"tensor {where} has dtype {a.dtype}; store float32 or float16")
+            a = np.ascontiguousarray(a, dtype=np.float32)
+            if not np.all(np.isfinite(a)):
+                raise WeightsError(f"tensor {where} has non-finite values (NaN or inf)")
+            clean[name] = a
+        extra = set(it) - set(TENSORS)
+        if extra:
+            raise WeightsError(f"iteration_{i} has unknown tensors: {sorted(extra)}")
+        its.append(clean)
+    return Weights(w.variant, ms, its, dict(w.provenance))
+
+
+def save_weights(path, w: Weights, dtype=np.float32) -> None:
+    """Write `w` to `path` in format version 1, tensors stored as `dtype` (float32 or float16)."""
+    import h5py
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float16, np.float32):
+        raise ValueError(f"weights are stored as float32 or float16, not {dtype}")
+    w = check_weights(w)
+    if dtype == np.float16:
+        for i, it in enumerate(w.iterations):
+            for name, a in it.items():
+                if np.any(np.abs(a) > np.finfo(np.float16).max):
+                    raise ValueError(f"iteration_{i}/{name} does not fit float16 (|value| > 65504)")
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["variant"] = w.variant.name
+        f.attrs["n_landmarks"] = w.variant.n_landmarks
+        f.attrs["n_patches"] = w.variant.n_patches
+        f.attrs["n_iterations"] = N_ITERATIONS
+        f.create_dataset("patch_indices", data=np.asarray(w.variant.patch_indices, dtype=np.int32))
+        f.create_dataset("mean_shape", data=w.mean_shape.astype(np.float64))
+        g = f.create_group("geometry")
+        for k, v in _geometry_attrs(w.variant.n_landmarks).items():
+            g.attrs[k] = v
+        for i, it in enumerate(w.iterations):
+            for name, a in it.items():
+                f.create_dataset(f"iteration_{i}/{name}", data=a.astype(dtype))
+        p = f.create_group("provenance")
+        for k, v in w.provenance.items():
+            p.attrs[k] = v
+
+
+def _attr(obj, key, where="file"):
+    if key not in obj.attrs:
+        raise WeightsError(f"the {where} has no attribute {key!r}")
+    v = obj.attrs[key]
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _int_attr(obj, key, where="file") -> int:
+    v = _attr(obj, key, where)
+    try:
+        iv = int(v)
+    except (TypeError, ValueError):
+        raise WeightsError(f"attribute {key!r} of the {where} is {v!r}, expected an integer") from None
+    if iv != v:
+        raise WeightsError(f"attribute {key!r} of the {where} is {v!r}, expected an integer")
+    return iv
+
+
+def load_weights(path) -> Weights:
+    """Read and validate a weights file; raise WeightsError naming the problem if anything is wrong."""
+    import h5py
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise WeightsError(f"weights file {path!r} does not exist")
+    if os.path.isdir(path):
+        raise WeightsError(f"weights path {path!r} is a directory, not a file")
+    if not h5py.is_hdf5(path):
+        raise WeightsError(f"{path!r} is not an HDF5 file (a musica-ref weights file is HDF5, format "
+                           f"{FORMAT_NAME!r} version {FORMAT_VERSION})")
+    try:
+        with h5py.File(path, "r") as f:
+            return _read(f, path)
+    except WeightsError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as exc:   # a damaged file deep inside
+        raise WeightsError(f"{path!r} could not be read as a weights file: {exc}") from exc
+
+
+def _read(f, path) -> Weights:
+    fmt = _attr(f, "format")
+    if fmt != FORMAT_NAME:
+        raise WeightsError(f"{path!r} has format {fmt!r}, expected {FORMAT_NAME!r}")
+    version = _int_attr(f, "format_version")
+    if version != FORMAT_VERSION:
+        raise WeightsError(f"{path!r} is format version {version}; this musica_ref reads version "
+                           f"{FORMAT_VERSION}. Re-export it with the trainer of a matching release.")
+    N = _int_attr(f, "n_landmarks")
+    P = _int_attr(f, "n_patches")
+    n_it = _int_attr(f, "n_iterations")
+    if n_it != N_ITERATIONS:
+        raise WeightsError(f"the file has n_iterations = {n_it}; this model runs {N_ITERATIONS}")
+    name = str(_attr(f, "variant"))
+    for key in ("patch_indices", "mean_shape", "geometry"):
+        if key not in f:
+            raise WeightsError(f"{path!r} has no {key!r} entry")
+    idx = f["patch_indices"][()]
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        raise WeightsError(f"patch_indices must be a 1-D integer array, got {idx.dtype} {idx.shape}")
+    if len(idx) != P:
+        raise WeightsError(f"inconsistent variant: n_patches = {P} but patch_indices has {len(idx)} entries")
+    try:
+        variant = custom_variant(N, idx.tolist(), name=name)
+    except ValueError as exc:
+        raise WeightsError(f"inconsistent variant: {exc}") from None
+    g = f["geometry"]
+    for key, expected in _geometry_attrs(N).items():
+        got = np.asarray(_attr(g, key, "geometry group"))
+        if got.shape != np.shape(expected) or not np.allclose(got, expected, rtol=0, atol=1e-9):
+            raise WeightsError(f"geometry constant {key!r} is {got.tolist()} in the file but this library "
+                               f"implements {np.asarray(expected).tolist()}")
+    its = []
+    for i in range(N_ITERATIONS):
+        it = {}
+        grp = f.get(f"iteration_{i}")
+        if grp is None:
+            raise WeightsError(f"tensor group iteration_{i} is missing")
+        for tname in TENSORS:
+            if tname not in grp:
+                raise WeightsError(f"tensor iteration_{i}/{tname} is missing")
+            it[tname] = grp[tname][()]
+        its.append(it)
+    prov = {}
+    if "provenance" in f:
+        prov = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f["provenance"].attrs.items()}
+    return check_weights(Weights(variant, f["mean_shape"][()], its, prov))
+
+
+def random_weights(variant: Variant, seed: int = 0) -> Weights:
+    """Weights drawn at random for any variant, with a plausible scale at every layer (He-style for the
+    convolutions, 1/sqrt(fan-in) for the fully connected layers), so that the whole engine can be exercised
+    before any trained model exists. Predictions made with them are meaningless.
+
+    The mean shape is random points inside the box frame; displacements come out at a few pixels and the
+    error estimate E around 0.05.
+    """
+    rng = np.random.default_rng(seed)
+    N, P = variant.n_landmarks, variant.n_patches
+    shapes = tensor_shapes(N, P)
+    its = []
+    for _ in range(N_ITERATIONS):
+        it = {}
+        for name, shape in shapes.items():
+            if name.endswith("/bias"):
+                it[name] = rng.normal(0.0, 0.05, shape).astype(np.float32)
+                continue
+            fan_in = int(np.prod(shape[:-1]))
+            gain = {"conv1/weight": 2.0, "conv2/weight": 2.0, "output/weight": 8.0}.get(name, 1.0)
+            it[name] = rng.normal(0.0, np.sqrt(gain / fan_in), shape).astype(np.float32)
+        it["output/weight"][:, -1] *= 0.02                             # E around 5% +- 3%
+        it["output/bias"][-1] = 0.05
+        its.append(it)
+    mean_shape = rng.uniform(0.0, geometry.BB_SIZE, (N, 2))
+    return check_weights(Weights(variant, mean_shape, its, {"source": "random_weights", "seed": seed}))

@@ -1,0 +1,21 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="musica-ref",
+    version="0.1.0",
+    description="Reference implementation of MuSiCa face alignment (MM'21) in NumPy + Numba, CPU only",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["musica_ref", "musica_ref.*"]),
+    python_requires=">=3.10",
+    install_requires=["numpy>=1.24", "numba>=0.59", "scipy>=1.10", "pillow>=9.0", "h5py>=3.8"],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6.80"],
+        # the separate trainer (tools/); never imported by musica_ref. 2.13.0 is the CPU build CI installs.
+        "train": ["torch>=2.3,<2.15"],
+    },
+    entry_points={"console_scripts": ["musica-ref=musica_ref.cli:main"]},
+    license="MIT",
+)

@@ -1,0 +1,200 @@
+"""Every Numba kernel against its NumPy twin, and every twin against an independent scipy computation.
+
+Tolerances, per operation (eps = float32 machine epsilon, 1.19e-7):
+- copies and selections (max-pool, crop + concat, patch extraction, ReLU): exact equality;
+- gate (one float32 multiply, correctly rounded in both): exact equality;
+- sums of n float32 products (convolution n = 9*Cin, fully connected n = K): |kernel - float64 twin| <=
+  n * eps * sum|terms| elementwise, the classic worst-case bound of recursive float32 summation;
+- sigmoid, tanh: 8 eps relative (libm float32 exp/tanh are within a few ulp) + 1e-37 absolute for results
+  that underflow;
+- resampling (float64 accumulator, one float32 rounding at the end): 2 eps * max|image|;
+- twins against scipy (both float64): 1e-9 relative to the data's scale.
+"""
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import scipy.special
+import scipy.signal as sig
+from hypothesis import given
+from hypothesis import strategies as st
+
+from musica_ref import kernels as K
+from musica_ref import kernels_ref as R
+
+from conftest import EPS32
+
+seeds = st.integers(0, 2**32 - 1)
+scales = st.sampled_from([1e-3, 1.0, 30.0, 1e3])
+
+
+def rnd(rng, shape, scale=1.0, zeros=0.2):
+    """float32 normal values with some exact zeros (ReLU outputs are full of them)."""
+    x = (rng.standard_normal(shape) * scale).astype(np.float32)
+    x[rng.random(shape) < zeros] = 0
+    return x
+
+
+def assert_within(got, ref, bound, what):
+    err = np.abs(got.astype(np.float64) - ref)
+    bad = err > bound
+    if bad.any():
+        i = np.argwhere(bad)[0]
+        raise AssertionError(f"{what}: {bad.sum()} of {bad.size} elements outside the bound; first at "
+                             f"{tuple(i)}: got {got[tuple(i)]!r}, reference {ref[tuple(i)]!r}, "
+                             f"bound {np.broadcast_to(bound, err.shape)[tuple(i)]!r}")
+
+
+# --- convolution ------------------------------------------------------------------------------------------
+
+@given(seed=seeds, B=st.integers(1, 5), H=st.integers(3, 15), W=st.integers(3, 15), Cin=st.integers(1, 8),
+       Cout=st.integers(1, 40), relu=st.booleans(), scale=scales)
+def test_conv3x3_kernel_matches_twin(seed, B, H, W, Cin, Cout, relu, scale):
+    rng = np.random.default_rng(seed)
+    x, w, b = rnd(rng, (B, H, W, Cin), scale), rnd(rng, (3, 3, Cin, Cout)), rnd(rng, (Cout,))
+    got = K.conv3x3(x, w, b, relu)
+    ref = R.conv3x3(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), relu)
+    assert got.dtype == np.float32 and got.shape == (B, H - 2, W - 2, Cout)
+    mag = R.conv3x3(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64), np.abs(b), relu=False)
+    assert_within(got, ref, 9 * Cin * EPS32 * mag + 1e-30, "conv3x3")
+
+
+@given(seed=seeds, B=st.integers(1, 3), H=st.integers(3, 9), W=st.integers(3, 9), Cin=st.integers(1, 4),
+       Cout=st.integers(1, 5), relu=st.booleans())
+def test_conv3x3_twin_matches_scipy(seed, B, H, W, Cin, Cout, relu):
+    rng = np.random.default_rng(seed)
+    x, w, b = rng.standard_normal((B, H, W, Cin)), rng.standard_normal((3, 3, Cin, Cout)), rng.standard_normal(Cout)
+    ref = np.zeros((B, H - 2, W - 2, Cout))
+    for bb in range(B):
+        for o in range(Cout):
+            ref[bb, :, :, o] = b[o] + sum(sig.correlate(x[bb, :, :, c], w[:, :, c, o], mode="valid")
+                                          for c in range(Cin))
+    if relu:
+        ref = np.maximum(ref, 0)
+    np.testing.assert_allclose(R.conv3x3(x, w, b, relu), ref, rtol=1e-9, atol=1e-9)
+
+
+# --- pooling, crop + concat ------------------------------------------------------------------------------
+
+@given(seed=seeds, B=st.integers(1, 4), H=st.integers(2, 13), W=st.integers(2, 13), C=st.integers(1, 9))
+def test_maxpool_kernel_twin_scipy(seed, B, H, W, C):
+    x = rnd(np.random.default_rng(seed), (B, H, W, C))
+    got = K.maxpool2x2(x)
+    np.testing.assert_array_equal(got, R.maxpool2x2(x))
+    ref = ndi.maximum_filter(x, size=(1, 2, 2, 1), origin=(0, -1, -1, 0))[:, :H // 2 * 2:2, :W // 2 * 2:2]
+    np.testing.assert_array_equal(R.maxpool2x2(x), ref)
+
+
+@given(seed=seeds, B=st.integers(1, 4), C=st.integers(1, 40))
+def test_crop_concat_kernel_twin_and_layout(seed, B, C):
+    rng = np.random.default_rng(seed)
+    conv2, pool2 = rnd(rng, (B, 4, 4, C)), rnd(rng, (B, 2, 2, C))
+    got = K.crop_concat(conv2, pool2)
+    np.testing.assert_array_equal(got, R.crop_concat(conv2, pool2))
+    # the layout of spec 6, element by element: f = (row * 2 + col) * 2C + channel, crop first
+    for r in range(2):
+        for c in range(2):
+            for ch in range(C):
+                assert got[0, (r * 2 + c) * 2 * C + ch] == conv2[0, r + 1, c + 1, ch]
+                assert got[0, (r * 2 + c) * 2 * C + C + ch] == pool2[0, r, c, ch]
+
+
+# --- fully connected and elementwise -----------------------------------------------------------------------
+
+@given(seed=seeds, B=st.integers(1, 20), Kn=st.integers(1, 300), M=st.integers(1, 300), scale=scales)
+def test_fully_connected_kernel_matches_twin(seed, B, Kn, M, scale):
+    rng = np.random.default_rng(seed)
+    x, w, b = rnd(rng, (B, Kn), scale), rnd(rng, (Kn, M)), rnd(rng, (M,))
+    got = K.fully_connected(x, w, b)
+    ref = R.fully_connected(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
+    mag = np.abs(x).astype(np.float64) @ np.abs(w) + np.abs(b)
+    assert got.dtype == np.float32
+    assert_within(got, ref, Kn * EPS32 * mag + 1e-30, "fully_connected")
+
+
+def test_fully_connected_row_result_does_not_depend_on_batch():
+    rng = np.random.default_rng(3)
+    x, w, b = rnd(rng, (37, 700)), rnd(rng, (700, 300)), rnd(rng, (300,))
+    full = K.fully_connected(x, w, b)
+    for i in (0, 8, 36):
+        np.testing.assert_array_equal(K.fully_connected(x[i:i + 1], w, b)[0], full[i])
+
+
+special = np.array([0.0, -0.0, 1e-30, -1e-30, 0.5, -0.5, 10.0, -10.0, 87.0, -87.0, 89.0, -89.0, 100.0,
+                    -100.0, 1e30, -1e30], dtype=np.float32)
+
+
+@given(seed=seeds, n=st.integers(1, 500), scale=st.sampled_from([0.1, 3.0, 50.0]))
+def test_elementwise_kernels_match_twins(seed, n, scale):
+    x = np.concatenate([special, rnd(np.random.default_rng(seed), (n,), scale)])
+    np.testing.assert_array_equal(K.relu(x), R.relu(x))
+    for k, r in ((K.sigmoid, R.sigmoid), (K.tanh, R.tanh)):
+        got, ref = k(x), r(x.astype(np.float64))
+        assert got.dtype == np.float32 and np.all(np.isfinite(got))
+        assert_within(got, ref, 8 * EPS32 * np.abs(ref) + 1e-37, k.__name__)
+    a = np.random.default_rng(seed + 1).random(x.shape).astype(np.float32)
+    np.testing.assert_array_equal(K.gate(x[None], a[None]), R.gate(x[None], a[None]))
+
+
+def test_elementwise_twins_against_closed_forms():
+    x = np.linspace(-30, 30, 601)
+    np.testing.assert_allclose(R.sigmoid(x), scipy.special.expit(x), rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(R.tanh(x), (np.exp(2 * x) - 1) / (np.exp(2 * x) + 1), rtol=1e-10, atol=1e-15)
+
+
+# --- patch extraction ----------------------------------------------------------------------------------
+
+@given(seed=seeds, H=st.integers(1, 40), W=st.integers(1, 40), P=st.integers(1, 12), size=st.integers(1, 16))
+def test_extract_patches_kernel_matches_twin(seed, H, W, P, size):
+    rng = np.random.default_rng(seed)
+    level = rnd(rng, (H, W, 3), zeros=0)
+    corners = np.stack([rng.integers(-size - 3, W + 3, P), rng.integers(-size - 3, H + 3, P)], 1)
+    np.testing.assert_array_equal(K.extract_patches(level, corners, size),
+                                  R.extract_patches(level, corners, size))
+
+
+# --- resampling ------------------------------------------------------------------------------------------
+
+@given(seed=seeds, H=st.integers(1, 60), W=st.integers(1, 60), C=st.integers(1, 3),
+       ox=st.floats(-30, 30), oy=st.floats(-30, 30), step=st.floats(0.1, 9.0),
+       h=st.integers(1, 25), w=st.integers(1, 25), as_uint8=st.booleans())
+def test_resample_kernel_matches_twin(seed, H, W, C, ox, oy, step, h, w, as_uint8):
+    rng = np.random.default_rng(seed)
+    img = (rng.integers(0, 256, (H, W, C), dtype=np.uint8) if as_uint8
+           else rnd(rng, (H, W, C), 40.0, zeros=0))
+    got = K.resample(img, ox, oy, step, h, w)
+    ref = R.resample(img, (ox, oy), step, (h, w))
+    assert got.dtype == np.float32 and got.shape == (h, w, C)
+    assert_within(got, ref, 2 * EPS32 * max(1.0, float(np.abs(img).max())) + 1e-30, "resample")
+
+
+@given(seed=seeds, H=st.integers(2, 30), W=st.integers(2, 30), ox=st.floats(-5, 5), oy=st.floats(-5, 5),
+       step=st.floats(0.05, 1.0), h=st.integers(1, 40), w=st.integers(1, 40))
+def test_resample_twin_is_bilinear_when_not_shrinking(seed, H, W, ox, oy, step, h, w):
+    """step <= 1: plain bilinear interpolation with zeros outside = scipy's order-1 'grid-constant'."""
+    img = np.random.default_rng(seed).standard_normal((H, W, 1))
+    rows, cols = np.meshgrid(oy + step * np.arange(h), ox + step * np.arange(w), indexing="ij")
+    ref = ndi.map_coordinates(img[:, :, 0], [rows, cols], order=1, mode="grid-constant", cval=0.0)
+    np.testing.assert_allclose(R.resample(img, (ox, oy), step, (h, w))[:, :, 0], ref, rtol=1e-9, atol=1e-9)
+
+
+@given(seed=seeds, H=st.integers(2, 40), W=st.integers(2, 40), k=st.integers(2, 6), ox=st.integers(-8, 8),
+       oy=st.integers(-8, 8))
+def test_resample_twin_antialiases_like_a_tent_filter(seed, H, W, k, ox, oy):
+    """An integer shrink k from an integer origin = correlation with the tent (k - |j|) / k^2, zeros
+    outside, taken every k-th pixel (scipy.ndimage.correlate1d on a zero-padded image)."""
+    img = np.random.default_rng(seed).standard_normal((H, W, 1))
+    tent = (k - np.abs(np.arange(-k + 1, k))) / k                    # (2k-1,), sums to k
+    tent /= tent.sum()
+    pad = 12 * k
+    p = np.pad(img[:, :, 0], pad)
+    f = ndi.correlate1d(ndi.correlate1d(p, tent, axis=0, mode="constant"), tent, axis=1, mode="constant")
+    h, w = 1 + (H + 6) // k, 1 + (W + 6) // k
+    ref = f[pad + oy:pad + oy + k * h:k, pad + ox:pad + ox + k * w:k]
+    np.testing.assert_allclose(R.resample(img, (ox, oy), float(k), (h, w))[:, :, 0], ref, rtol=1e-9, atol=1e-9)
+
+
+@given(value=st.floats(1, 255), step=st.floats(0.2, 5.0))
+def test_resample_keeps_a_constant_image_constant_inside(value, step):
+    img = np.full((80, 80, 3), value, np.float32)
+    out = K.resample(img, 20.0, 20.0, step, 8, 8)    # every tap within [20 - 5, 20 + 7*5 + 5], inside
+    np.testing.assert_allclose(out, value, rtol=1e-6)

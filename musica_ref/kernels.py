@@ -23,23 +23,43 @@ FC_COLS = 128
 # --- image resampling ---------------------------------------------------------------------------------------
 
 @njit(cache=True)
+def _tri_cdf(s):
+    """Integral of the tent max(0, 1 - |u|) from -inf to s."""
+    if s <= -1.0:
+        return 0.0
+    if s >= 1.0:
+        return 1.0
+    if s <= 0.0:
+        return 0.5 * (1.0 + s) * (1.0 + s)
+    return 1.0 - 0.5 * (1.0 - s) * (1.0 - s)
+
+
+@njit(cache=True)
+def _kernel_1d(t, b):
+    """kernels_ref.kernel_1d at one offset t: the tent, averaged over a box of width b (tent if b = 0)."""
+    if b == 0.0:
+        return max(0.0, 1.0 - abs(t))
+    return (_tri_cdf(t + 0.5 * b) - _tri_cdf(t - 0.5 * b)) / b
+
+
+@njit(cache=True)
 def _axis_taps(origin, step, n_out, size):
-    """Tent taps along one axis (see kernels_ref.tent_weights): for output j, taps first[j] + t, t < T,
-    with weights w[j, t] (float64, already normalised; taps outside [0, size) get weight 0)."""
-    R = max(1.0, step)
-    T = int(math.ceil(2.0 * R)) + 2
+    """Taps along one axis (see kernels_ref.resample_weights): for output j, taps first[j] + t, t < T,
+    with weights w[j, t] (float64, normalised; taps outside [0, size) get weight 0)."""
+    b = max(0.0, step - 1.0)
+    radius = 1.0 + 0.5 * b
+    T = int(math.ceil(2.0 * radius)) + 2
     first = np.empty(n_out, np.int64)
     w = np.zeros((n_out, T), np.float64)
     for j in range(n_out):
         x = origin + step * j
-        k0 = int(math.floor(x - R))
+        k0 = int(math.floor(x - radius))
         first[j] = k0
         norm = 0.0
         for t in range(T):
-            wt = 1.0 - abs(x - (k0 + t)) / R
-            if wt > 0.0:
-                norm += wt
-                w[j, t] = wt
+            wt = _kernel_1d(x - (k0 + t), b)
+            norm += wt
+            w[j, t] = wt
         for t in range(T):
             k = k0 + t
             w[j, t] = w[j, t] / norm if (0 <= k < size) else 0.0
@@ -48,7 +68,8 @@ def _axis_taps(origin, step, n_out, size):
 
 @njit(parallel=True, cache=True)
 def resample(image, origin_x, origin_y, step, out_h, out_w):
-    """Antialiased bilinear axis-aligned affine resampling, zeros outside the image.
+    """Axis-aligned affine resampling, bilinear, antialiased when it shrinks (kernels_ref.kernel_1d), zeros
+    outside the image.
 
     image (H, W, C) uint8 or float32; output pixel (r, c) is centred at source
     (origin_x + step * c, origin_y + step * r); returns (out_h, out_w, C) float32.

@@ -15,28 +15,51 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 # --- image resampling (builds each pyramid level) ----------------------------------------------------------
 
-def tent_weights(positions, step: float, size: int) -> np.ndarray:
-    """Antialiased bilinear (tent) weights along one axis.
+def antialias_width(step: float) -> float:
+    """Width b of the box that widens the bilinear kernel when the resampling shrinks: max(0, step - 1)."""
+    return max(0.0, float(step) - 1.0)
+
+
+def kernel_1d(t, b: float) -> np.ndarray:
+    """The resampling kernel at offsets t (source pixels): the bilinear tent tri(t) = max(0, 1 - |t|),
+    averaged over a box of width b:  k(t) = (1/b) * integral of tri over [t - b/2, t + b/2]  (tri for b = 0).
+
+    Both the tent and the box average reproduce constants and linear ramps exactly whatever the sub-pixel
+    offset, so every level samples the image where geometry says it does; for b = step - 1 the kernel's
+    support (radius 1 + b/2) grows with the shrink, which is the antialiasing.
+    """
+    t = np.asarray(t, dtype=np.float64)
+    if b == 0.0:
+        return np.maximum(0.0, 1.0 - np.abs(t))
+
+    def tri_cdf(s):                     # integral of tri from -inf to s
+        s = np.clip(s, -1.0, 1.0)
+        return np.where(s <= 0, 0.5 * (1 + s) ** 2, 1 - 0.5 * (1 - s) ** 2)
+    return (tri_cdf(t + b / 2) - tri_cdf(t - b / 2)) / b
+
+
+def resample_weights(positions, step: float, size: int) -> np.ndarray:
+    """Resampling weights along one axis.
 
     positions (n,) float: where each output sample sits, in source pixel coordinates (pixel centres are
     integers). step: source pixels per output pixel. size: source pixels along the axis.
     Returns (n, size) float64: out[j] = sum_i weights[j, i] * src[i].
 
-    The tent has radius R = max(1, step): for step <= 1 it is plain bilinear interpolation, for step > 1 it is
-    widened so that every source pixel contributes (antialiasing). Each row is normalised by the sum of the
-    tent over ALL integer positions, inside the image or not, so pixels outside the image count as zeros:
-    a constant image stays constant in its interior and fades to 0 across its border, as bilinear does.
+    For step <= 1 this is plain bilinear interpolation; for step > 1 the kernel is widened (kernel_1d).
+    Each row is normalised by the kernel's sum over ALL integer positions, inside the image or not (1 up to
+    rounding), so pixels outside the image count as zeros: a constant image stays constant in its interior
+    and fades to 0 across its border, as bilinear interpolation with zero padding does.
     """
     x = np.asarray(positions, dtype=np.float64)[:, None]             # (n, 1)
-    R = max(1.0, float(step))
-    taps = np.floor(x - R) + np.arange(int(np.ceil(2 * R)) + 2)      # (n, T) every integer in reach
-    norm = np.maximum(0.0, 1.0 - np.abs(x - taps) / R).sum(axis=1, keepdims=True)
-    w = np.maximum(0.0, 1.0 - np.abs(x - np.arange(size)) / R)        # (n, size)
-    return w / norm
+    b = antialias_width(step)
+    radius = 1.0 + b / 2
+    taps = np.floor(x - radius) + np.arange(int(np.ceil(2 * radius)) + 2)   # (n, T) every integer in reach
+    norm = kernel_1d(x - taps, b).sum(axis=1, keepdims=True)
+    return kernel_1d(x - np.arange(size), b) / norm
 
 
 def resample(image, origin, step: float, out_shape) -> np.ndarray:
-    """One axis-aligned affine resampling with antialiasing and zeros outside the image.
+    """One axis-aligned affine resampling, bilinear, antialiased when it shrinks, zeros outside the image.
 
     image (H, W, C) any real dtype; origin (x, y): source position of output pixel (0, 0)'s centre;
     step: source pixels per output pixel; out_shape (h, w). Output pixel (r, c) is centred at source
@@ -44,10 +67,11 @@ def resample(image, origin, step: float, out_shape) -> np.ndarray:
     """
     h, w = out_shape
     H, W, C = image.shape
-    wy = tent_weights(origin[1] + step * np.arange(h), step, H)      # (h, H)
-    wx = tent_weights(origin[0] + step * np.arange(w), step, W)      # (w, W)
+    wy = resample_weights(origin[1] + step * np.arange(h), step, H)      # (h, H)
+    wx = resample_weights(origin[0] + step * np.arange(w), step, W)      # (w, W)
     img = np.asarray(image, dtype=np.float64)
-    return np.einsum("rh,hwc,qw->rqc", wy, img, wx)
+    rows = np.tensordot(wy, img, axes=(1, 0))                        # (h, W, C): resample the rows
+    return np.tensordot(rows, wx, axes=(1, 1)).transpose(0, 2, 1)    # (h, w, C): then the columns
 
 
 # --- patches ------------------------------------------------------------------------------------------------

@@ -86,14 +86,14 @@ class MuSiCa:
         ts: stop after iteration i if E(i) < ts (ts = 0 runs every iteration).
         tf: the result is a failure if E of the last iteration run > tf.
         """
-        return self.predict_batch(image, [box], ts=ts, tf=tf)[0]
+        return self.predict_batch([image], [box], ts=ts, tf=tf)[0]
 
     def predict_batch(self, images, boxes, ts: float = 0.0, tf: float = math.inf) -> list[Result]:
-        """Many faces in one call: `images` is one image (then every box is in it) or a list of images, one
-        per box. Returns one Result per box, identical to calling `predict` on each."""
+        """Many faces in one call: `images` is one image (then every box is in it) or a list (or tuple) of
+        images, one per box. Returns one Result per box, identical to calling `predict` on each."""
         ts, tf = _check_thresholds(ts, tf)
         boxes = list(boxes)
-        if isinstance(images, np.ndarray):
+        if not isinstance(images, (list, tuple)):          # one image (array or array-like) for every box
             images = [images] * len(boxes)
         images = list(images)
         if len(images) != len(boxes):

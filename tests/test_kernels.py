@@ -9,6 +9,7 @@ Tolerances, per operation (eps = float32 machine epsilon, 1.19e-7):
   that underflow;
 - resampling (float64 accumulator, one float32 rounding at the end): 2 eps * max|image|;
 - twins against scipy (both float64): 1e-9 relative to the data's scale.
+The bounds were set from the arithmetic, not from observed differences.
 """
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import scipy.ndimage as ndi
 import scipy.special
 import scipy.signal as sig
 from hypothesis import given
+from scipy.integrate import quad
 from hypothesis import strategies as st
 
 from musica_ref import kernels as K
@@ -179,18 +181,33 @@ def test_resample_twin_is_bilinear_when_not_shrinking(seed, H, W, ox, oy, step, 
 
 @given(seed=seeds, H=st.integers(2, 40), W=st.integers(2, 40), k=st.integers(2, 6), ox=st.integers(-8, 8),
        oy=st.integers(-8, 8))
-def test_resample_twin_antialiases_like_a_tent_filter(seed, H, W, k, ox, oy):
-    """An integer shrink k from an integer origin = correlation with the tent (k - |j|) / k^2, zeros
-    outside, taken every k-th pixel (scipy.ndimage.correlate1d on a zero-padded image)."""
+def test_resample_twin_antialiases_as_specified(seed, H, W, k, ox, oy):
+    """An integer shrink k from an integer origin = correlation with the kernel (the tent averaged over a
+    box of width k - 1, integrated here by scipy.integrate.quad), zeros outside, every k-th pixel taken
+    (scipy.ndimage.correlate1d on a zero-padded image)."""
     img = np.random.default_rng(seed).standard_normal((H, W, 1))
-    tent = (k - np.abs(np.arange(-k + 1, k))) / k                    # (2k-1,), sums to k
-    tent /= tent.sum()
+    b = k - 1.0
+    reach = int(np.ceil(1 + b / 2))
+    taps = np.array([quad(lambda s: max(0.0, 1 - abs(s)), j - b / 2, j + b / 2, points=[-1, 0, 1])[0] / b
+                     for j in range(-reach, reach + 1)])
     pad = 12 * k
     p = np.pad(img[:, :, 0], pad)
-    f = ndi.correlate1d(ndi.correlate1d(p, tent, axis=0, mode="constant"), tent, axis=1, mode="constant")
+    f = ndi.correlate1d(ndi.correlate1d(p, taps, axis=0, mode="constant"), taps, axis=1, mode="constant")
     h, w = 1 + (H + 6) // k, 1 + (W + 6) // k
     ref = f[pad + oy:pad + oy + k * h:k, pad + ox:pad + ox + k * w:k]
     np.testing.assert_allclose(R.resample(img, (ox, oy), float(k), (h, w))[:, :, 0], ref, rtol=1e-9, atol=1e-9)
+
+
+@given(seed=seeds, step=st.floats(0.1, 12.0), ox=st.floats(-3, 3), slope=st.floats(-5, 5))
+def test_resample_reproduces_linear_ramps(seed, step, ox, slope):
+    """Away from the border, a linear ramp is sampled exactly where the geometry says, at any step: the
+    levels of the pyramid are exactly the affine maps of geometry.py."""
+    W = 400
+    img = np.repeat((slope * np.arange(W, dtype=np.float64))[None, :, None], 40, axis=0)
+    x0 = 20.0 + ox
+    n = int((W - 40 - 2 * step) / step)
+    out = R.resample(img, (x0, 20.0), step, (1, n))[0, :, 0]   # rows 20 +- 7 are all inside
+    np.testing.assert_allclose(out, slope * (x0 + step * np.arange(n)), rtol=1e-9, atol=1e-9 * W * abs(slope) + 1e-12)
 
 
 @given(value=st.floats(1, 255), step=st.floats(0.2, 5.0))

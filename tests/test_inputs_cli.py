@@ -1,0 +1,204 @@
+"""Bad input to predict and to the command line: a clear error, never a crash or a NaN."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import musica_ref as m
+from musica_ref import cli
+
+from conftest import EXAMPLE, EXAMPLE_BOX, ROOT, random_model
+
+BOX = (20, 20, 70, 80)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model("musica19", 0)
+
+
+@pytest.fixture(scope="module")
+def rgb():
+    return np.random.default_rng(5).integers(0, 256, (100, 90, 3), dtype=np.uint8)
+
+
+def finite(r):
+    assert np.all(np.isfinite(r.landmarks)) and np.all(np.isfinite(r.errors))
+
+
+@pytest.mark.parametrize("image, words", [
+    (np.zeros((0, 10, 3), np.uint8), "empty"), (np.zeros((10, 0), np.uint8), "empty"),
+    (np.zeros((10, 10, 2), np.uint8), "shape"), (np.zeros((10,), np.uint8), "shape"),
+    (np.zeros((4, 10, 10, 3), np.uint8), "shape"), (np.zeros((10, 10, 3), bool), "dtype"),
+    (np.full((10, 10, 3), np.nan, np.float32), "NaN"), (np.full((10, 10), np.inf), "NaN or infinite"),
+    (np.zeros((10, 10, 3), complex), "dtype"), ("not an image", "dtype"),
+])
+def test_bad_images(model, image, words):
+    with pytest.raises(m.InputError, match=words):
+        model.predict(image, (2, 2, 8, 8))
+
+
+def test_grayscale_rgba_16bit_and_float_images_work(model, rgb):
+    ref = model.predict(rgb, BOX)
+    gray = rgb[:, :, 0]
+    g = model.predict(gray, BOX)
+    np.testing.assert_array_equal(g.landmarks, model.predict(np.repeat(gray[:, :, None], 3, 2), BOX).landmarks)
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], axis=2)
+    np.testing.assert_array_equal(model.predict(rgba, BOX).landmarks, ref.landmarks)
+    for img in (rgb.astype(np.uint16) * 257, rgb.astype(np.float64) / 255, rgb[:, :, :1]):
+        finite(model.predict(img, BOX))
+
+
+def test_input_is_not_modified(model, rgb):
+    before = rgb.copy()
+    model.predict(rgb, BOX)
+    np.testing.assert_array_equal(rgb, before)
+
+
+@pytest.mark.parametrize("box, words", [
+    ((500, 500, 600, 600), "outside"), ((-50, -50, -10, -10), "outside"), ((10, 10, 10, 50), "zero or negative"),
+    ((30, 30, 20, 50), "zero or negative"), ((np.nan, 1, 5, 5), "non-finite"), ((1, 2, 3), "4 numbers"),
+])
+def test_bad_boxes(model, rgb, box, words):
+    with pytest.raises(m.InputError, match=words):
+        model.predict(rgb, box)
+
+
+def test_constant_and_tiny_images_give_finite_results(model):
+    finite(model.predict(np.zeros((50, 50, 3), np.uint8), BOX))         # std 0: normalised to zeros
+    finite(model.predict(np.full((1, 1, 3), 200, np.uint8), (0, 0, 1, 1)))
+    finite(model.predict(np.full((50, 50, 3), 9, np.uint8), (0, 0, 5000, 3)))   # extreme aspect ratio
+
+
+# --- the command line --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("w") / "w19.h5"
+    assert cli.main(["random-weights", str(p), "--variant", "musica19", "--float16"]) == 0
+    return p
+
+
+def run(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_predict_box_out_overlay(capsys, tmp_path, weights_file):
+    code, out, err = run(capsys, "predict", EXAMPLE, "--box", ",".join(map(str, EXAMPLE_BOX)),
+                         "--weights", weights_file, "--out", tmp_path / "p.json", "--overlay", tmp_path / "o.png")
+    assert code == 0, err
+    res = json.loads((tmp_path / "p.json").read_text())
+    assert np.asarray(res["landmarks"]).shape == (68, 2) and res["iterations"] == 3
+    assert Image.open(tmp_path / "o.png").size == Image.open(EXAMPLE).size
+    # .pts output round-trips through read_pts (1-based on disk, 0-based in memory)
+    code, _, err = run(capsys, "predict", EXAMPLE, "--box", "96,72,224,232", "--weights", weights_file,
+                       "--out", tmp_path / "p.pts")
+    assert code == 0, err
+    np.testing.assert_allclose(m.read_pts(tmp_path / "p.pts"), res["landmarks"], atol=1e-3)
+    # --pts takes the tight box of the points
+    code, _, err = run(capsys, "predict", EXAMPLE, "--pts", tmp_path / "p.pts", "--weights", weights_file)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "does not exist"), (b"", "not an image file"), (b"hello", "not an image file"),
+    (EXAMPLE.read_bytes()[:3000], "could not be decoded"),             # a truncated PNG
+])
+def test_cli_bad_image_files(capsys, tmp_path, weights_file, content, words):
+    path = tmp_path / "img.png"
+    if content is not None:
+        path.write_bytes(content)
+    code, _, err = run(capsys, "predict", path, "--box", "1,1,5,5", "--weights", weights_file)
+    assert code == 2 and words in err and "Traceback" not in err
+
+
+def test_cli_image_modes(capsys, tmp_path, weights_file):
+    rng = np.random.default_rng(0)
+    files = {
+        "gray.png": Image.fromarray(rng.integers(0, 256, (60, 70), dtype=np.uint8)),
+        "rgba.png": Image.fromarray(rng.integers(0, 256, (60, 70, 4), dtype=np.uint8)),
+        "g16.png": Image.fromarray(rng.integers(0, 65535, (60, 70), dtype=np.uint16)),
+        "pal.png": Image.fromarray(rng.integers(0, 256, (60, 70, 3), dtype=np.uint8)).convert("P"),
+    }
+    for name, im in files.items():
+        im.save(tmp_path / name)
+        code, out, err = run(capsys, "predict", tmp_path / name, "--box", "10,10,50,55", "--weights",
+                             weights_file, "--out", tmp_path / (name + ".json"))
+        assert code == 0, (name, err)
+        assert np.all(np.isfinite(json.loads((tmp_path / (name + ".json")).read_text())["landmarks"]))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--box", "1,2,3"], "four numbers"), (["--box", "a,b,c,d"], "four numbers"),
+    (["--box", "10,10,5,5"], "zero or negative"), (["--box", "900,900,950,950"], "outside"),
+    ([], "exactly one of --box"), (["--box", "1,1,9,9", "--out", "x.txt"], ".pts or .json"),
+    (["--box", "1,1,9,9", "--overlay", "x.gif"], ".png or .jpg"), (["--box", "1,1,9,9", "--ts", "-1"], "ts must be"),
+    (["--box", "1,1,9,9", "--ts", "nan"], "NaN"),
+])
+def test_cli_bad_arguments(capsys, weights_file, args, words):
+    code, _, err = run(capsys, "predict", EXAMPLE, "--weights", weights_file, *args)
+    assert code == 2 and words in err, err
+
+
+def test_cli_refuses_to_overwrite_inputs(capsys, tmp_path, weights_file):
+    img = tmp_path / "face.png"
+    img.write_bytes(EXAMPLE.read_bytes())
+    before = img.read_bytes()
+    code, _, err = run(capsys, "predict", img, "--box", "96,72,224,232", "--weights", weights_file,
+                       "--overlay", img)
+    assert code == 2 and "refusing to overwrite" in err and img.read_bytes() == before
+    code, _, err = run(capsys, "random-weights", weights_file)
+    assert code == 2 and "--force" in err
+
+
+def test_cli_weights_errors(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv(cli.WEIGHTS_ENV, raising=False)
+    code, _, err = run(capsys, "predict", EXAMPLE, "--box", "96,72,224,232")
+    assert code == 2 and "random-weights" in err
+    code, _, err = run(capsys, "predict", EXAMPLE, "--box", "96,72,224,232", "--weights", EXAMPLE)
+    assert code == 2 and "not an HDF5 file" in err
+    code, _, err = run(capsys, "info", tmp_path / "none.h5")
+    assert code == 2 and "does not exist" in err
+
+
+def test_cli_count_and_info(capsys, weights_file):
+    code, out, _ = run(capsys, "count")
+    assert code == 0
+    for row in (" 68  68 |   96.567      95.833     95    95 yes", " 68  34 |   48.782      48.022     48    48 yes",
+                " 68  19 |   27.700      26.928     26    26 yes", " 98  98 |  138.822     138.111    138   138 yes",
+                " 98  49 |   69.956      69.207     69    69 yes"):
+        assert row in out
+    assert "recurrent_hidden" in out and "27,965,307" in out
+    code, out, _ = run(capsys, "count", "--landmarks", "98", "--patches", "44")
+    assert code == 0 and "N = 98 landmarks, P = 44 patches" in out
+    code, _, err = run(capsys, "count", "--variant", "musica7")
+    assert code == 2 and "unknown variant" in err
+    code, _, err = run(capsys, "count", "--landmarks", "68")
+    assert code == 2 and "go together" in err
+    code, out, _ = run(capsys, "info", weights_file)
+    assert code == 0 and "musica19" in out and "float16" in out and "P = 19" in out
+
+
+def test_cli_subprocess_reports_errors_without_traceback(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "musica_ref", "predict", str(tmp_path / "x.png"), "--box",
+                        "1,1,5,5", "--weights", str(tmp_path / "w.h5")], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert p.returncode == 2 and "musica-ref: error:" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_pts_reader_errors(tmp_path):
+    cases = {"nobrace.pts": "1 2\n3 4\n", "count.pts": "n_points: 3\n{\n1 2\n3 4\n}\n",
+             "words.pts": "{\n1 2\nx y\n}\n", "empty.pts": "{\n}\n", "three.pts": "{\n1 2 3\n}\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(m.InputError):
+            m.read_pts(tmp_path / name)
+    with pytest.raises(m.InputError, match="does not exist"):
+        m.read_pts(tmp_path / "none.pts")
+    (tmp_path / "ok.pts").write_text("version: 1\nn_points: 2\n{\n1 1\n10.5 3\n}\n")
+    np.testing.assert_array_equal(m.read_pts(tmp_path / "ok.pts"), [[0, 0], [9.5, 2]])

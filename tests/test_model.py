@@ -1,0 +1,143 @@
+"""The whole cascade: Numba engine vs the float64 NumPy reference, batch == single, threads, early exit."""
+import math
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import musica_ref as m
+from musica_ref import geometry, reference
+from musica_ref.network import INTERMEDIATES
+
+from conftest import random_model
+
+# Tolerances of the engine (float32) against the float64 reference, per tensor. Every tensor is compared
+# relative to its own largest magnitude; float32 rounding through a conv stack and a 17,920-term dot
+# product stays far below 1e-4 of the magnitude (measured differences are ~1e-6).
+REL_TOL = 1e-4
+LEVEL0_TOL_PX = 2e-3     # landmarks, in level-0 pixels
+E_TOL = 1e-4             # error estimates (fractions)
+
+
+def face_image(seed, H, W):
+    """A random but smooth-ish image: noise plus gradients, so patches are not all alike."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W]
+    base = 128 + 60 * np.sin(xx / 9.0 + seed) * np.cos(yy / 13.0)
+    img = base[:, :, None] + rng.normal(0, 25, (H, W, 3))
+    return img.clip(0, 255).astype(np.uint8)
+
+
+@st.composite
+def faces(draw):
+    H, W = draw(st.integers(30, 260)), draw(st.integers(30, 260))
+    w = draw(st.floats(8, 1.5 * max(H, W)))
+    h = draw(st.floats(0.5, 2.0)) * w
+    x0 = draw(st.floats(-0.5 * w, W - 0.5 * w))
+    y0 = draw(st.floats(-0.5 * h, H - 0.5 * h))
+    return draw(st.integers(0, 10**6)), H, W, (x0, y0, x0 + w, y0 + h)
+
+
+def near_integer(x, tol=1e-3):
+    return np.abs(x - np.round(x)) < tol
+
+
+@given(variant=st.sampled_from(["musica68", "musica19", "musica49"]), wseed=st.integers(0, 1), face=faces())
+def test_cascade_matches_float64_reference(variant, wseed, face):
+    seed, H, W, box = face
+    model = random_model(variant, wseed)
+    img = face_image(seed, H, W)
+    res, trace = model.trace(img, box)
+    ref = reference.cascade(model.weights, img, box)
+    frame = geometry.face_frame(box)
+    for i, (t, r) in enumerate(zip(trace, ref["trace"])):
+        ce, cr = t["centres"][0], r["centres"]
+        np.testing.assert_allclose(ce, cr, atol=LEVEL0_TOL_PX, rtol=0, err_msg=f"centres, iteration {i}")
+        # a patch corner is floor(centre): where the float32 and float64 centres straddle an integer the
+        # two runs legitimately read different pixels; such draws are not comparable further
+        assume(np.array_equal(np.floor(ce), np.floor(cr)) or not near_integer(cr).any())
+        assert np.array_equal(np.floor(ce), np.floor(cr)), f"patch corners differ at iteration {i}"
+        for name in ("patches",) + INTERMEDIATES:
+            got, want = np.asarray(t[name], np.float64).reshape(-1), np.asarray(r[name]).reshape(-1)
+            scale = max(1.0, float(np.abs(want).max()))
+            err = float(np.abs(got - want).max())
+            assert err <= REL_TOL * scale, f"{name}, iteration {i}: max |diff| {err:.3g} > {REL_TOL * scale:.3g}"
+    np.testing.assert_allclose(res.errors, ref["errors"], atol=E_TOL, rtol=0)
+    np.testing.assert_allclose(res.history * frame.scale, ref["history"] * frame.scale,
+                               atol=LEVEL0_TOL_PX, rtol=0)
+    assert res.iterations == ref["iterations"] == 3
+    assert np.all(np.isfinite(res.landmarks)) and res.landmarks.shape == (model.n_landmarks, 2)
+
+
+def _same(a: m.Result, b: m.Result):
+    np.testing.assert_array_equal(a.landmarks, b.landmarks)
+    np.testing.assert_array_equal(a.errors, b.errors)
+    np.testing.assert_array_equal(a.history, b.history)
+    assert (a.iterations, a.failed, a.multiply_adds, a.macs_by_layer) == \
+        (b.iterations, b.failed, b.multiply_adds, b.macs_by_layer)
+
+
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 6), ts_q=st.floats(0, 1))
+def test_batch_equals_single_and_threads_do_not_matter(seed, n, ts_q):
+    model = random_model("musica19", 0)
+    rng = np.random.default_rng(seed)
+    img = face_image(seed, 200, 240)
+    boxes = [(x, y, x + w, y + w * rng.uniform(0.8, 1.3))
+             for x, y, w in zip(rng.uniform(-20, 180, n), rng.uniform(-20, 140, n), rng.uniform(20, 150, n))]
+    all_e = np.concatenate([model.predict(img, b).errors for b in boxes])
+    ts = max(0.0, float(np.quantile(all_e, ts_q)))     # some faces exit early, some do not
+    single = [model.predict(img, b, ts=ts) for b in boxes]
+    batch = model.predict_batch(img, boxes, ts=ts)
+    other = model.predict_batch([img.copy() for _ in boxes], boxes, ts=ts)   # many images
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one_thread = model.predict_batch(img, boxes, ts=ts)
+    finally:
+        numba.set_num_threads(threads)
+    for s, b, o, t in zip(single, batch, other, one_thread):
+        _same(s, b), _same(s, o), _same(s, t)
+
+
+def test_early_exit_rules():
+    model = random_model("musica68", 0)
+    img = face_image(3, 180, 200)
+    boxes = [(40, 30, 150, 160), (10, 20, 90, 100), (60, 50, 190, 170), (-20, -10, 80, 120)]
+    for box in boxes:
+        full = model.predict(img, box, ts=0)
+        assert full.iterations == 3 and len(full.errors) == 3      # ts = 0 runs all, even for E < 0
+        assert full.history.shape == (3, 68, 2)
+        first = model.predict(img, box, ts=float(full.errors.max()) + 1.0)   # above every estimate
+        assert first.iterations == 1
+        np.testing.assert_array_equal(first.landmarks, full.history[0])
+        np.testing.assert_array_equal(first.errors, full.errors[:1])
+        # a threshold between the estimates stops at the first iteration below it
+        for i in range(3):
+            ts = float(full.errors[i]) + 1e-9
+            r = model.predict(img, box, ts=ts)
+            stop = next(k for k in range(3) if full.errors[k] < ts)
+            assert r.iterations == stop + 1
+            np.testing.assert_array_equal(r.landmarks, full.history[stop])
+        e_last = float(full.errors[-1])
+        assert model.predict(img, box, tf=e_last - 1e-6).failed
+        assert not model.predict(img, box, tf=e_last + 1e-6).failed
+        assert not full.failed                                     # tf defaults to +inf
+        # failure is judged on the last iteration run
+        r = model.predict(img, box, ts=float(full.errors.max()) + 1.0, tf=float(full.errors[0]) - 1e-6)
+        assert r.iterations == 1 and r.failed
+
+
+@pytest.mark.parametrize("ts, tf", [(-0.1, math.inf), (math.nan, 1.0), (0.0, math.nan), ("a", 1.0)])
+def test_bad_thresholds(ts, tf):
+    with pytest.raises(m.InputError):
+        random_model("musica19", 0).predict(face_image(0, 50, 50), (10, 10, 40, 40), ts=ts, tf=tf)
+
+
+def test_batch_input_mismatch():
+    model = random_model("musica19", 0)
+    img = face_image(0, 50, 50)
+    with pytest.raises(m.InputError, match="2 images for 1 boxes"):
+        model.predict_batch([img, img], [(10, 10, 40, 40)])
+    assert model.predict_batch(img, []) == []

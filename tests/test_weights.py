@@ -1,0 +1,176 @@
+"""The weights file, format version 1: round trip, and one test per failure mode of the loader."""
+import h5py
+import numpy as np
+import pytest
+
+import musica_ref as m
+from musica_ref.network import TENSORS
+from musica_ref.weights import FORMAT_NAME, check_weights
+
+SMALL = m.custom_variant(5, [0, 3], name="tiny")
+
+
+@pytest.fixture
+def good(tmp_path):
+    path = tmp_path / "w.h5"
+    m.save_weights(path, m.random_weights(SMALL, seed=1))
+    return path
+
+
+def edit(path, fn):
+    with h5py.File(path, "r+") as f:
+        fn(f)
+    return path
+
+
+def raises(path, *words):
+    with pytest.raises(m.WeightsError) as e:
+        m.load_weights(path)
+    for w in words:
+        assert w in str(e.value), f"message {str(e.value)!r} does not name {w!r}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_round_trip(tmp_path, dtype):
+    w = m.random_weights(m.get_variant("musica19"), seed=4)
+    w.provenance["data"] = "none (random)"
+    m.save_weights(tmp_path / "w.h5", w, dtype=dtype)
+    back = m.load_weights(tmp_path / "w.h5")
+    assert back.variant == w.variant
+    np.testing.assert_array_equal(back.mean_shape, w.mean_shape)
+    for a, b in zip(w.iterations, back.iterations):
+        for name in TENSORS:
+            assert b[name].dtype == np.float32 and b[name].flags.c_contiguous
+            np.testing.assert_array_equal(b[name], a[name].astype(dtype).astype(np.float32))
+    assert back.provenance["data"] == "none (random)"
+    with h5py.File(tmp_path / "w.h5") as f:
+        assert f["iteration_2/recurrent/weight"].dtype == dtype
+        assert f.attrs["format"] == FORMAT_NAME and f.attrs["format_version"] == 1
+
+
+def test_missing_file(tmp_path):
+    raises(tmp_path / "nope.h5", "does not exist")
+
+
+def test_directory(tmp_path):
+    raises(tmp_path, "directory")
+
+
+def test_not_hdf5(tmp_path):
+    p = tmp_path / "w.h5"
+    p.write_bytes(b"\x89PNG not a weights file" * 10)
+    raises(p, "not an HDF5 file")
+
+
+def test_empty_hdf5(tmp_path):
+    p = tmp_path / "w.h5"
+    h5py.File(p, "w").close()
+    raises(p, "no attribute 'format'")
+
+
+def test_wrong_format_name(good):
+    raises(edit(good, lambda f: f.attrs.__setitem__("format", "something-else")), "format 'something-else'")
+
+
+def test_wrong_version(good):
+    raises(edit(good, lambda f: f.attrs.__setitem__("format_version", 2)), "version 2", "reads version 1")
+
+
+def test_non_integer_attribute(good):
+    raises(edit(good, lambda f: f.attrs.__setitem__("n_patches", 2.5)), "'n_patches'", "integer")
+
+
+def test_wrong_iteration_count(good):
+    raises(edit(good, lambda f: f.attrs.__setitem__("n_iterations", 2)), "n_iterations = 2")
+
+
+def test_missing_tensor(good):
+    raises(edit(good, lambda f: f.__delitem__("iteration_1/attention/bias")), "iteration_1/attention/bias",
+           "missing")
+
+
+def test_missing_iteration(good):
+    raises(edit(good, lambda f: f.__delitem__("iteration_2")), "iteration_2", "missing")
+
+
+def test_missing_mean_shape(good):
+    raises(edit(good, lambda f: f.__delitem__("mean_shape")), "'mean_shape'")
+
+
+def _replace(name, data):
+    def fn(f):
+        del f[name]
+        f.create_dataset(name, data=data)
+    return fn
+
+
+def test_misshaped_tensor(good):
+    raises(edit(good, _replace("iteration_0/conv2/weight", np.zeros((3, 3, 32, 31), np.float32))),
+           "iteration_0/conv2/weight", "(3, 3, 32, 31)", "(3, 3, 32, 32)")
+
+
+def test_misshaped_mean_shape(good):
+    raises(edit(good, _replace("mean_shape", np.zeros((4, 2)))), "mean_shape", "(4, 2)", "(5, 2)")
+
+
+def test_non_finite_tensor(good):
+    bad = np.zeros((512, 11), np.float32)
+    bad[3, 4] = np.nan
+    raises(edit(good, _replace("iteration_2/output/weight", bad)), "iteration_2/output/weight", "non-finite")
+
+
+def test_non_finite_mean_shape(good):
+    raises(edit(good, _replace("mean_shape", np.full((5, 2), np.inf))), "mean_shape", "non-finite")
+
+
+def test_integer_tensor(good):
+    raises(edit(good, _replace("iteration_0/conv1/bias", np.zeros(32, np.int32))), "iteration_0/conv1/bias",
+           "dtype int32")
+
+
+def test_inconsistent_patch_count(good):
+    raises(edit(good, lambda f: f.attrs.__setitem__("n_patches", 3)), "inconsistent variant", "n_patches = 3")
+
+
+def test_patch_index_out_of_range(good):
+    raises(edit(good, _replace("patch_indices", np.array([0, 7], np.int32))), "inconsistent variant", "[7]")
+
+
+def test_repeated_patch_index(good):
+    raises(edit(good, _replace("patch_indices", np.array([3, 3], np.int32))), "inconsistent variant", "repeat")
+
+
+def test_recurrent_layer_inconsistent_with_patches(tmp_path):
+    """A file whose tensors were made for another patch count than its variant says."""
+    w = m.random_weights(SMALL)
+    other = m.random_weights(m.custom_variant(5, [0, 1, 2]))
+    w.iterations[1]["recurrent/weight"] = other.iterations[1]["recurrent/weight"]
+    with pytest.raises(m.WeightsError, match=r"iteration_1/recurrent/weight.*\(1280, 512\).*P = 2"):
+        check_weights(w)
+
+
+def test_wrong_geometry_constant(good):
+    raises(edit(good, lambda f: f["geometry"].attrs.__setitem__("bb_size", 128.0)), "'bb_size'", "142")
+
+
+def test_float16_overflow_refused(tmp_path):
+    w = m.random_weights(SMALL)
+    w.iterations[0]["output/bias"][0] = 1e6
+    with pytest.raises(ValueError, match="float16"):
+        m.save_weights(tmp_path / "w.h5", w, dtype=np.float16)
+
+
+def test_truncated_file(good, tmp_path):
+    data = good.read_bytes()
+    p = tmp_path / "cut.h5"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(m.WeightsError):
+        m.load_weights(p)
+
+
+def test_no_pickle_anywhere():
+    import pathlib
+    src = pathlib.Path(m.__file__).parent
+    for py in src.glob("*.py"):
+        text = py.read_text()
+        assert "import pickle" not in text and "allow_pickle=True" not in text, py

@@ -15,9 +15,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
-# Tile of the fully connected kernel: ROWS inputs x COLS outputs share one pass over the weight rows.
+# The fully connected kernel sums its K inputs in fixed chunks of FC_KCHUNK, and each work item reuses a
+# weight row for FC_ROWS inputs of the batch.
 FC_ROWS = 8
-FC_COLS = 128
+FC_KCHUNK = 256
 
 
 # --- image resampling ---------------------------------------------------------------------------------------
@@ -77,6 +78,8 @@ def resample(image, origin_x, origin_y, step, out_h, out_w):
     Accumulator: float64.
     """
     H, W, C = image.shape
+    if not step > 0.0 or out_h < 1 or out_w < 1:
+        raise ValueError("resample: step must be > 0 and the output at least 1x1")
     fx, wx = _axis_taps(origin_x, step, out_w, W)
     fy, wy = _axis_taps(origin_y, step, out_h, H)
     Tx, Ty = wx.shape[1], wy.shape[1]
@@ -127,6 +130,8 @@ def extract_patches(level, corners, size):
     """
     H, W, C = level.shape
     P = corners.shape[0]
+    if corners.shape[1] != 2:
+        raise ValueError("extract_patches: corners must be (P, 2)")
     out = np.zeros((P, size, size, C), np.float32)
     for p in prange(P):
         c0, r0 = corners[p, 0], corners[p, 1]
@@ -153,6 +158,10 @@ def conv3x3(x, weight, bias, relu):
     """
     B, H, W, Cin = x.shape
     Cout = weight.shape[3]
+    if weight.shape[0] != 3 or weight.shape[1] != 3 or weight.shape[2] != Cin or bias.shape[0] != Cout:
+        raise ValueError("conv3x3: weight must be (3, 3, Cin, Cout) and bias (Cout,) for x (B, H, W, Cin)")
+    if H < 3 or W < 3:
+        raise ValueError("conv3x3: x must be at least 3x3")
     OH, OW = H - 2, W - 2
     out = np.empty((B, OH, OW, Cout), np.float32)
     for b in prange(B):
@@ -198,6 +207,9 @@ def crop_concat(conv2, pool2):
     conv2 (B, 4, 4, C); pool2 (B, 2, 2, C) -> (B, 8C) float32.
     """
     B, _, _, C = conv2.shape
+    if conv2.shape[1] != 4 or conv2.shape[2] != 4 or pool2.shape[0] != B or pool2.shape[1] != 2 \
+            or pool2.shape[2] != 2 or pool2.shape[3] != C:
+        raise ValueError("crop_concat: conv2 must be (B, 4, 4, C) and pool2 (B, 2, 2, C)")
     out = np.empty((B, 2 * 2 * 2 * C), np.float32)
     for b in prange(B):
         for r in range(2):
@@ -213,32 +225,40 @@ def crop_concat(conv2, pool2):
 def fully_connected(x, weight, bias):
     """out = x @ weight + bias, batched. x (B, K) float32; weight (K, M); bias (M,) -> (B, M) float32.
 
-    Accumulator: float32, starting at the bias, summed over k = 0 .. K-1 in order for every output element.
-    The work is split into tiles of FC_ROWS inputs x FC_COLS outputs that stream the weight rows once per
-    tile (vectorised along the outputs); the split changes nothing in any element's summation order.
+    Accumulator: float32. The K inputs are cut into fixed chunks of FC_KCHUNK; each chunk's partial sum
+    runs over its k in order, and out = bias + partial_0 + partial_1 + ... in chunk order. The chunks and
+    the order depend on K only, never on the batch size or the thread count, so results are bit-identical
+    however the work is split. Work items are (FC_ROWS inputs) x (one chunk): each streams its weight rows
+    once, contiguously, and reuses every row for its FC_ROWS inputs (vectorised along the M outputs).
     """
     B, K = x.shape
     M = weight.shape[1]
-    out = np.empty((B, M), np.float32)
+    if weight.shape[0] != K or bias.shape[0] != M:
+        raise ValueError("fully_connected: x (B, K), weight (K, M) and bias (M,) do not fit")
     n_rb = (B + FC_ROWS - 1) // FC_ROWS
-    n_cb = (M + FC_COLS - 1) // FC_COLS
-    for t in prange(n_rb * n_cb):
-        r0 = (t // n_cb) * FC_ROWS
-        c0 = (t % n_cb) * FC_COLS
+    n_kc = (K + FC_KCHUNK - 1) // FC_KCHUNK
+    part = np.empty((n_kc, B, M), np.float32)              # partial sums, one per chunk
+    for t in prange(n_rb * n_kc):
+        c = t % n_kc
+        r0 = (t // n_kc) * FC_ROWS
         nr = min(B, r0 + FC_ROWS) - r0
-        nc = min(M, c0 + FC_COLS) - c0
-        acc = np.empty((nr, nc), np.float32)
-        for r in range(nr):
-            for j in range(nc):
-                acc[r, j] = bias[c0 + j]
-        for k in range(K):
+        acc = part[c, r0:r0 + nr]
+        acc[:] = 0
+        for k in range(c * FC_KCHUNK, min(K, (c + 1) * FC_KCHUNK)):
+            wrow = weight[k]
             for r in range(nr):
                 xv = x[r0 + r, k]
-                for j in range(nc):
-                    acc[r, j] += xv * weight[k, c0 + j]
-        for r in range(nr):
-            for j in range(nc):
-                out[r0 + r, c0 + j] = acc[r, j]
+                arow = acc[r]
+                for j in range(M):
+                    arow[j] += xv * wrow[j]
+    out = np.empty((B, M), np.float32)
+    for b in prange(B):
+        orow = out[b]
+        orow[:] = bias
+        for c in range(n_kc):
+            prow = part[c, b]
+            for j in range(M):
+                orow[j] += prow[j]
     return out
 
 
@@ -273,6 +293,8 @@ def tanh(x):
 @njit(cache=True)
 def gate(features, attention):
     """features * attention, elementwise. Both (B, F) float32 -> (B, F) float32."""
+    if features.shape != attention.shape:
+        raise ValueError("gate: features and attention must have the same shape")
     out = np.empty_like(features)
     B, F = features.shape
     for b in range(B):

@@ -215,3 +215,21 @@ def test_resample_keeps_a_constant_image_constant_inside(value, step):
     img = np.full((80, 80, 3), value, np.float32)
     out = K.resample(img, 20.0, 20.0, step, 8, 8)    # every tap within [20 - 5, 20 + 7*5 + 5], inside
     np.testing.assert_allclose(out, value, rtol=1e-6)
+
+
+def test_kernels_refuse_mismatched_shapes_instead_of_reading_out_of_bounds():
+    """Numba does not bounds-check: a shape mismatch must be caught before the loops run."""
+    f32 = np.float32
+    cases = [
+        (K.fully_connected, (np.zeros((1, 10), f32), np.zeros((9, 4), f32), np.zeros(4, f32))),
+        (K.fully_connected, (np.zeros((1, 10), f32), np.zeros((10, 4), f32), np.zeros(5, f32))),
+        (K.conv3x3, (np.zeros((1, 5, 5, 3), f32), np.zeros((3, 3, 2, 4), f32), np.zeros(4, f32), True)),
+        (K.conv3x3, (np.zeros((1, 2, 5, 3), f32), np.zeros((3, 3, 3, 4), f32), np.zeros(4, f32), True)),
+        (K.crop_concat, (np.zeros((1, 4, 4, 3), f32), np.zeros((1, 2, 2, 4), f32))),
+        (K.gate, (np.zeros((2, 3), f32), np.zeros((2, 4), f32))),
+        (K.extract_patches, (np.zeros((5, 5, 3), f32), np.zeros((2, 3), np.int64), 4)),
+        (K.resample, (np.zeros((5, 5, 3), f32), 0.0, 0.0, 0.0, 3, 3)),
+    ]
+    for kernel, args in cases:
+        with pytest.raises(ValueError):
+            kernel(*args)

@@ -32,6 +32,8 @@ PATCH_SIZE = 14           # patches are PATCH_SIZE x PATCH_SIZE pixels
 PATCH_BEFORE = PATCH_SIZE // 2   # a patch at x covers columns floor(x) - 7 .. floor(x) + 6
 # outer eye corners (0-based) used to normalise the error estimate, by landmark count
 EYE_CORNERS = {68: (36, 45), 98: (60, 72)}
+# a box this many times larger than its image is refused (it would only resample zero padding)
+MAX_BOX_TO_IMAGE = 20
 # slack when turning a real extent into a pixel count, so that 227.99999999 and 228.0 give the same size
 _SIZE_EPS = 1e-6
 
@@ -59,7 +61,7 @@ def check_box(box, image_shape=None) -> np.ndarray:
     """Validate a face box (x0, y0, x1, y1); return it as a float64 array of shape (4,).
 
     Raises InputError when it is not 4 finite numbers, has zero or negative size, or (given the image's
-    (H, W)) does not overlap the image at all.
+    (H, W)) does not overlap the image at all or is over MAX_BOX_TO_IMAGE times the image's size.
     """
     try:
         b = np.asarray(box, dtype=np.float64)
@@ -78,6 +80,9 @@ def check_box(box, image_shape=None) -> np.ndarray:
         # pixel centres span [0, W-1] x [0, H-1]; a pixel covers +-0.5 around its centre
         if x1 < -0.5 or y1 < -0.5 or x0 > W - 0.5 or y0 > H - 0.5:
             raise InputError(f"box {b.tolist()} lies entirely outside the {W}x{H} image")
+        if max(x1 - x0, y1 - y0) > MAX_BOX_TO_IMAGE * max(H, W):
+            raise InputError(f"box {b.tolist()} is more than {MAX_BOX_TO_IMAGE} times larger than the "
+                             f"{W}x{H} image; it cannot be a face box of this image")
     return b
 
 

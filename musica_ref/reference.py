@@ -12,6 +12,7 @@ import numpy as np
 from . import geometry
 from . import kernels_ref as ops
 from .io import as_rgb
+from .network import HIDDEN
 from .weights import Weights
 
 
@@ -27,7 +28,7 @@ def pyramid(image, frame) -> list[np.ndarray]:
 
 
 def network(patches, h_prev, w) -> dict:
-    """One iteration on one face. patches (P, 14, 14, 3), h_prev (512,), w: tensor name -> array.
+    """One iteration on one face. patches (P, 14, 14, 3), h_prev (HIDDEN = 512,), w: tensor name -> array.
     Returns every named intermediate (float64)."""
     t = {k: np.asarray(v, dtype=np.float64) for k, v in w.items()}
     r = {}
@@ -55,7 +56,7 @@ def cascade(weights: Weights, image, box, ts: float = 0.0, tf: float = math.inf)
     N, idx = weights.n_landmarks, weights.patch_indices
     S0 = geometry.initial_shape(weights.mean_shape, frame)     # mean shape in the box, level 0
     d = np.zeros((N, 2))                                       # displacement in current level pixels
-    h = np.zeros(512)
+    h = np.zeros(HIDDEN)
     errors, history, trace = [], [], []
     for i, L in enumerate(geometry.ITERATION_LEVELS):
         centres = S0[idx] / 2 ** L + d[idx]                    # (P, 2) level-L pixels

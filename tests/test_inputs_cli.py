@@ -61,6 +61,7 @@ def test_input_is_not_modified(model, rgb):
 @pytest.mark.parametrize("box, words", [
     ((500, 500, 600, 600), "outside"), ((-50, -50, -10, -10), "outside"), ((10, 10, 10, 50), "zero or negative"),
     ((30, 30, 20, 50), "zero or negative"), ((np.nan, 1, 5, 5), "non-finite"), ((1, 2, 3), "4 numbers"),
+    ((0, 0, 1e9, 50), "larger than"),
 ])
 def test_bad_boxes(model, rgb, box, words):
     with pytest.raises(m.InputError, match=words):
@@ -70,7 +71,8 @@ def test_bad_boxes(model, rgb, box, words):
 def test_constant_and_tiny_images_give_finite_results(model):
     finite(model.predict(np.zeros((50, 50, 3), np.uint8), BOX))         # std 0: normalised to zeros
     finite(model.predict(np.full((1, 1, 3), 200, np.uint8), (0, 0, 1, 1)))
-    finite(model.predict(np.full((50, 50, 3), 9, np.uint8), (0, 0, 5000, 3)))   # extreme aspect ratio
+    finite(model.predict(np.full((50, 50, 3), 9, np.uint8), (0, 0, 1000, 3)))   # extreme aspect ratio
+    finite(model.predict(np.full((50, 50, 3), 9, np.uint8), (10, 10, 10 + 1e-6, 10 + 1e-6)))   # a speck
 
 
 # --- the command line --------------------------------------------------------------------------------------

@@ -100,6 +100,12 @@ def face_frame(box) -> FaceFrame:
                      level_shapes=shapes)
 
 
+def max_level_shape(level: int) -> tuple[int, int]:
+    """The largest (H_L, W_L) any face's level L can have (a square box): a canvas every level fits in."""
+    n = int(math.floor((1 + 2 * MARGIN) * BB_SIZE / 2 ** level + _SIZE_EPS)) + 1
+    return n, n
+
+
 def image_to_level(points, frame: FaceFrame, level: int) -> np.ndarray:
     """Image (x, y) -> level-L (x, y). points (..., 2) -> (..., 2) float64."""
     p = np.asarray(points, dtype=np.float64)

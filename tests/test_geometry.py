@@ -119,3 +119,12 @@ def test_pyramid_is_finite_and_normalised(x0, y0, w, h):
 def test_resample_weights_rows_sum_to_one_inside():
     w = R.resample_weights(np.linspace(10, 30, 57), 3.7, 60)
     np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-12)
+
+
+@given(box=boxes())
+def test_every_level_fits_the_canvas(box):
+    fr = G.face_frame(box)
+    for L in range(3):
+        H, W = fr.level_shapes[L]
+        assert H <= G.max_level_shape(L)[0] and W <= G.max_level_shape(L)[1]
+    assert G.max_level_shape(0) == (228, 228)

@@ -1,0 +1,297 @@
+"""Training data: face sets, augmentation (paper 3.3), Generalized Data Balancing (paper 3.4) and the
+preparation of model inputs with musica_ref's own geometry (so training and inference cannot drift apart).
+
+Sources: an HDF5 set with the ../shared/data layout (jpeg, landmarks, visible, box) or a 300W-style folder
+(images with a `.pts` file of the same stem; the box is the tight box of the points).
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import scipy.ndimage as ndi
+
+from musica_ref import geometry
+from musica_ref.io import as_rgb, load_image, read_pts
+from musica_ref.pyramid import build_pyramid
+
+# --- mirror permutations for horizontal flips -----------------------------------------------------------------
+
+def _mirror(n: int, pairs) -> np.ndarray:
+    perm = np.arange(n)
+    for a, b in pairs:
+        perm[a], perm[b] = b, a
+    return perm
+
+
+MIRROR = {
+    # 300W / iBUG 68: jaw, brows, nostrils, eyes, outer and inner lips
+    68: _mirror(68, [(i, 16 - i) for i in range(8)] + [(17 + i, 26 - i) for i in range(5)]
+                + [(31, 35), (32, 34), (36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46),
+                   (48, 54), (49, 53), (50, 52), (55, 59), (56, 58), (60, 64), (61, 63), (65, 67)]),
+    # WFLW 98: jaw, upper and lower brows, nostrils, eyes, lips, pupils
+    98: _mirror(98, [(i, 32 - i) for i in range(16)] + [(33 + i, 46 - i) for i in range(5)]
+                + [(38 + i, 50 - i) for i in range(4)] + [(55, 59), (56, 58)]
+                + [(60 + i, 72 - i) for i in range(5)] + [(65, 75), (66, 74), (67, 73)]
+                + [(76, 82), (77, 81), (78, 80), (83, 87), (84, 86), (88, 92), (89, 91), (93, 95), (96, 97)]),
+}
+
+
+# --- face sets --------------------------------------------------------------------------------------------
+
+class FaceSet:
+    """Faces with landmarks: `image(i)` (H, W, 3) uint8, `landmarks` (n, N, 2) (x, y) 0-based,
+    `visible` (n, N) bool, `boxes` (n, 4) face boxes. Decoded images are cached in memory."""
+
+    def __init__(self, source, limit: int | None = None):
+        self.source = str(source)
+        p = Path(source)
+        if p.is_dir():
+            self._init_folder(p, limit)
+        else:
+            self._init_h5(p, limit)
+        self._cache = {}
+
+    def _init_h5(self, path: Path, limit):
+        import h5py
+        with h5py.File(path, "r") as f:
+            n = len(f["landmarks"]) if limit is None else min(limit, len(f["landmarks"]))
+            self._jpeg = [bytes(f["jpeg"][i]) for i in range(n)]
+            self.landmarks = f["landmarks"][:n].astype(np.float64)
+            self.visible = f["visible"][:n].astype(bool)
+            self.boxes = f["box"][:n].astype(np.float64)
+            self.pose = f["pose"][:n].astype(np.float64) if "pose" in f else None
+        self._files = None
+
+    def _init_folder(self, path: Path, limit):
+        files = sorted(q for q in path.iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
+                       and q.with_suffix(".pts").is_file())
+        if limit is not None:
+            files = files[:limit]
+        if not files:
+            raise ValueError(f"{path} holds no images with a .pts file beside them")
+        self._files = files
+        self._jpeg = None
+        self.landmarks = np.stack([read_pts(q.with_suffix(".pts")) for q in files])
+        self.visible = np.ones(self.landmarks.shape[:2], bool)
+        self.boxes = np.stack([geometry.tight_box(p) for p in self.landmarks])
+        self.pose = None
+
+    def __len__(self):
+        return len(self.landmarks)
+
+    @property
+    def n_landmarks(self) -> int:
+        return self.landmarks.shape[1]
+
+    def image(self, i: int) -> np.ndarray:
+        if i not in self._cache:
+            if self._files is not None:
+                img = load_image(self._files[i])
+            else:
+                from PIL import Image
+                with Image.open(io.BytesIO(self._jpeg[i])) as im:
+                    img = as_rgb(np.asarray(im.convert("RGB")))
+            self._cache[i] = img
+        return self._cache[i]
+
+
+def mean_shape(faces: FaceSet) -> np.ndarray:
+    """The mean shape in the box frame (box top-left 0, longer side BB_SIZE): per landmark, the mean over
+    the faces where it has a location. (N, 2) float64."""
+    acc = np.zeros((faces.n_landmarks, 2))
+    cnt = np.zeros(faces.n_landmarks)
+    for pts, vis, box in zip(faces.landmarks, faces.visible, faces.boxes):
+        s = geometry.box_frame_shape(pts, box)
+        acc[vis] += s[vis]
+        cnt[vis] += 1
+    if np.any(cnt == 0):
+        raise ValueError(f"landmarks {np.flatnonzero(cnt == 0).tolist()} have no location in any face")
+    return acc / cnt[:, None]
+
+
+# --- error normaliser -------------------------------------------------------------------------------------
+
+# where an outer eye corner has no location, its distance is taken as this fraction of sqrt(w*h) of the
+# ground truth's tight box (the median ratio on the training faces with both corners: 0.62); every
+# normaliser is at least NORM_FLOOR of it, so near-profile faces (corners projected close together) do not
+# dominate the loss
+EYE_TO_BOX = 0.62
+NORM_FLOOR = 0.25
+
+
+def normaliser(points, visible) -> float:
+    """The error normaliser of one face (in the points' units): the outer-eye-corner distance (spec 7), with
+    the fallback and floor above. points (N, 2), visible (N,)."""
+    vis = np.asarray(visible, bool)
+    tb = geometry.tight_box(points[vis])
+    size = math.sqrt(max(tb[2] - tb[0], 1e-6) * max(tb[3] - tb[1], 1e-6))
+    eyes = geometry.eye_corners(len(points))
+    if eyes is not None and vis[eyes[0]] and vis[eyes[1]]:
+        d = float(np.linalg.norm(points[eyes[0]] - points[eyes[1]]))
+    else:
+        d = EYE_TO_BOX * size
+    return max(d, NORM_FLOOR * size)
+
+
+# --- augmentation ------------------------------------------------------------------------------------------
+
+@dataclass
+class Augment:
+    """Each augmentation can be switched off (probability 0 or range 0) for ablations."""
+    p_geometric: float = 0.5      # probability of the rotation + shear + non-uniform scaling package
+    rotate_deg: float = 30.0      # rotation ~ U(-r, r) about the face centre
+    shear: float = 0.2            # shear factors ~ U(-s, s)
+    stretch: float = 0.3          # x scaled by U(1 - a, 1 + a)
+    p_flip: float = 0.5           # horizontal flip with the mirror permutation
+    box_shift: float = 0.1        # box centre moved by U(-a, a) of its size, per axis
+    box_scale: float = 0.1        # box sides scaled by U(1 - a, 1 + a), per axis
+    p_colour: float = 0.8         # per-channel gain U(0.7, 1.3) and offset U(-25, 25)
+    p_gray: float = 0.2           # to grayscale (0.299, 0.587, 0.114), copied to 3 channels
+    p_occlude: float = 0.3        # a rectangle of noise, sides U(0.1, 0.5) of the box, inside the box
+
+    @classmethod
+    def off(cls) -> "Augment":
+        return cls(**{f.name: 0.0 for f in fields(cls)})
+
+
+def warp_affine(image, A, out_shape) -> np.ndarray:
+    """Warp image (H, W, C) by the 2x3 affine A (image (x, y) -> output (x, y)): output (h, w, C) float32,
+    bilinear, zeros outside. Pixel centres at integer coordinates, as everywhere in musica_ref."""
+    M = np.vstack([A, [0, 0, 1]])
+    inv = np.linalg.inv(M)
+    # scipy works in (row, col): input_rc = R @ output_rc + o
+    R = np.array([[inv[1, 1], inv[1, 0]], [inv[0, 1], inv[0, 0]]])
+    o = np.array([inv[1, 2], inv[0, 2]])
+    img = np.asarray(image, dtype=np.float32)
+    return np.stack([ndi.affine_transform(img[:, :, c], R, o, output_shape=out_shape, order=1, mode="constant",
+                                          cval=0.0) for c in range(img.shape[2])], axis=2)
+
+
+def apply_affine(A, points) -> np.ndarray:
+    return np.asarray(points) @ np.asarray(A)[:, :2].T + np.asarray(A)[:, 2]
+
+
+def flip(image, points, visible):
+    """Mirror horizontally: x -> W - 1 - x, and the landmark order by the mirror permutation."""
+    W = image.shape[1]
+    perm = MIRROR[points.shape[0]]
+    p = points.copy()
+    p[:, 0] = W - 1 - p[:, 0]
+    return image[:, ::-1], p[perm], visible[perm]
+
+
+def augment(image, points, visible, box, aug: Augment, rng):
+    """One random augmentation of a face -> (image (h, w, 3) float32 or uint8, points, visible, box).
+
+    The box given to the model is the tight box of the (augmented) visible points, perturbed."""
+    img, pts, vis = image, np.asarray(points, np.float64), np.asarray(visible, bool)
+    if aug.p_flip > 0 and rng.random() < aug.p_flip and pts.shape[0] in MIRROR:
+        img, pts, vis = flip(img, pts, vis)
+    if aug.p_geometric > 0 and rng.random() < aug.p_geometric:
+        th = math.radians(rng.uniform(-aug.rotate_deg, aug.rotate_deg))
+        Rm = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+        Sh = np.array([[1, rng.uniform(-aug.shear, aug.shear)], [rng.uniform(-aug.shear, aug.shear), 1]])
+        Sc = np.diag([rng.uniform(1 - aug.stretch, 1 + aug.stretch), 1.0])
+        Lm = Sc @ Sh @ Rm
+        H, W = img.shape[:2]
+        centre = np.array([(W - 1) / 2, (H - 1) / 2])
+        corners = (np.array([[0, 0], [W - 1, 0], [0, H - 1], [W - 1, H - 1]]) - centre) @ Lm.T
+        lo, hi = corners.min(0), corners.max(0)
+        A = np.hstack([Lm, (-centre @ Lm.T - lo)[:, None]])       # the whole image stays in the canvas
+        out_shape = (int(math.ceil(hi[1] - lo[1])) + 1, int(math.ceil(hi[0] - lo[0])) + 1)
+        img = warp_affine(img, A, out_shape)
+        pts = apply_affine(A, pts)
+    img = np.asarray(img, dtype=np.float32)
+    if aug.p_colour > 0 and rng.random() < aug.p_colour:
+        img = img * rng.uniform(0.7, 1.3, 3) + rng.uniform(-25, 25, 3)
+    if aug.p_gray > 0 and rng.random() < aug.p_gray:
+        img = np.repeat((img @ np.array([0.299, 0.587, 0.114]))[:, :, None], 3, axis=2)
+    box = geometry.tight_box(pts[vis])
+    w, h = box[2] - box[0], box[3] - box[1]
+    if aug.p_occlude > 0 and rng.random() < aug.p_occlude:
+        ow, oh = w * rng.uniform(0.1, 0.5), h * rng.uniform(0.1, 0.5)
+        ox, oy = box[0] + rng.uniform(0, w - ow), box[1] + rng.uniform(0, h - oh)
+        r0, r1 = int(max(0, oy)), int(min(img.shape[0], oy + oh))
+        c0, c1 = int(max(0, ox)), int(min(img.shape[1], ox + ow))
+        if r1 > r0 and c1 > c0:
+            img = img.copy()
+            img[r0:r1, c0:c1] = rng.uniform(0, 255, (r1 - r0, c1 - c0, 3))
+    cx, cy = (box[0] + box[2]) / 2 + w * rng.uniform(-aug.box_shift, aug.box_shift), \
+        (box[1] + box[3]) / 2 + h * rng.uniform(-aug.box_shift, aug.box_shift)
+    w *= rng.uniform(1 - aug.box_scale, 1 + aug.box_scale)
+    h *= rng.uniform(1 - aug.box_scale, 1 + aug.box_scale)
+    img = np.clip(img, 0, 255).astype(np.float32)
+    return img, pts, vis, np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+
+
+# --- Generalized Data Balancing ----------------------------------------------------------------------------
+
+def _similarity_align(src, dst):
+    """The similarity transform (scale, rotation, translation) that best maps src (n, 2) onto dst (n, 2)."""
+    ms, md = src.mean(0), dst.mean(0)
+    a, b = src - ms, dst - md
+    den = (a ** 2).sum()
+    s_cos = (a * b).sum() / den
+    s_sin = (a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).sum() / den
+    Rm = np.array([[s_cos, -s_sin], [s_sin, s_cos]])
+    return lambda p: (p - ms) @ Rm.T + md
+
+
+def gdb_weights(faces: FaceSet, variance: float = 0.95, iterations: int = 3):
+    """Generalized Data Balancing: Procrustes-align the shapes (on their visible points; missing points are
+    filled from the aligned mean), PCA, keep the first K components that explain `variance` of the
+    variance, and weight each face by its Mahalanobis distance d_i = sqrt(sum_k c_ik^2 / lambda_k).
+
+    Returns (sampling weights (n,) summing to n, the oversampling rule of the original: copies_i =
+    max(1, round(d_i / mean(d))), normalised; K; distances)."""
+    shapes = faces.landmarks
+    vis = faces.visible
+    ref = mean_shape(faces)
+    aligned = np.empty_like(shapes)
+    for _ in range(iterations):
+        for i, (p, v) in enumerate(zip(shapes, vis)):
+            t = _similarity_align(p[v], ref[v])
+            aligned[i] = np.where(v[:, None], t(p), ref)
+        ref = aligned.mean(0)
+    X = aligned.reshape(len(aligned), -1)
+    X = X - X.mean(0)
+    _, sv, Vt = np.linalg.svd(X, full_matrices=False)
+    lam = sv ** 2 / (len(X) - 1)
+    K = int(np.searchsorted(np.cumsum(lam) / lam.sum(), variance) + 1)
+    c = X @ Vt[:K].T
+    d = np.sqrt((c ** 2 / lam[:K]).sum(1))
+    copies = np.maximum(1, np.round(d / d.mean()))
+    return copies * len(copies) / copies.sum(), K, d
+
+
+# --- model inputs --------------------------------------------------------------------------------------------
+
+@dataclass
+class Batch:
+    """Prepared inputs of B faces: levels[L] (B, H_L, W_L, 3) float32 canvases, init0 (B, N, 2) and gt0
+    (B, N, 2) in level-0 pixels (float64), visible (B, N), norm (B,) the error normaliser in level-0 pixels."""
+    levels: list
+    init0: np.ndarray
+    gt0: np.ndarray
+    visible: np.ndarray
+    norm: np.ndarray
+
+
+def prepare(images, boxes, points, visible, mean) -> Batch:
+    """Pyramids, initial shapes and targets of B faces, all by musica_ref's geometry and pyramid code."""
+    B, N = len(images), len(mean)
+    levels = [np.zeros((B, *geometry.max_level_shape(L), 3), np.float32) for L in range(geometry.N_LEVELS)]
+    init0, gt0 = np.zeros((B, N, 2)), np.zeros((B, N, 2))
+    norm = np.zeros(B)
+    for b, (img, box, pts, vis) in enumerate(zip(images, boxes, points, visible)):
+        frame = geometry.face_frame(box)
+        for L, lv in enumerate(build_pyramid(as_rgb(img), frame)):
+            levels[L][b, :lv.shape[0], :lv.shape[1]] = lv
+        init0[b] = geometry.initial_shape(mean, frame)
+        gt0[b] = geometry.image_to_level(pts, frame, 0)
+        norm[b] = normaliser(gt0[b], vis)
+    return Batch(levels, init0, gt0, np.asarray(visible, bool), norm)

@@ -160,7 +160,9 @@ def parse_args(argv=None):
     for f in D.Augment.__dataclass_fields__.values():
         ap.add_argument("--aug-" + f.name.replace("_", "-"), type=float, default=f.default, dest="aug_" + f.name)
     ap.add_argument("--no-augment", action="store_true", help="switch every augmentation off")
-    ap.add_argument("--workers", type=int, default=1, help="data-preparation processes (0: in the main process)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="data-preparation processes (0: in the main process; on 2 cores a worker beside "
+                         "torch's 2 threads oversubscribes them and runs 3-4x slower)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--seed", type=int, default=0)
@@ -198,8 +200,9 @@ def main(argv=None):
     else:
         weights, K, _ = D.gdb_weights(train, a.gdb_variance)
     print(f"train: {len(train)} faces from {a.train}; GDB: "
-          + ("off" if K is None else f"K = {K} components ({a.gdb_variance:.0%} of variance), copies = "
-             f"max(1, round(d / mean d)); sampling weight range {weights.min():.2f}..{weights.max():.2f}"), flush=True)
+          + ("off" if K is None else f"K = {K} components ({a.gdb_variance:.0%} of variance), faces drawn with probability "
+             f"in proportion to their Mahalanobis distance d (weight d / mean d: {weights.min():.2f}.."
+             f"{weights.max():.2f})"), flush=True)
 
     model = MuSiCaTorch(variant, mean).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)

@@ -246,8 +246,8 @@ def gdb_weights(faces: FaceSet, variance: float = 0.95, iterations: int = 3):
     filled from the aligned mean), PCA, keep the first K components that explain `variance` of the
     variance, and weight each face by its Mahalanobis distance d_i = sqrt(sum_k c_ik^2 / lambda_k).
 
-    Returns (sampling weights (n,) summing to n, the oversampling rule of the original: copies_i =
-    max(1, round(d_i / mean(d))), normalised; K; distances)."""
+    Returns (sampling weights (n,) = d_i / mean(d): each epoch draws faces with probability in proportion
+    to their distance, as the paper says; K; the distances d (n,))."""
     shapes = faces.landmarks
     vis = faces.visible
     ref = mean_shape(faces)
@@ -264,8 +264,7 @@ def gdb_weights(faces: FaceSet, variance: float = 0.95, iterations: int = 3):
     K = int(np.searchsorted(np.cumsum(lam) / lam.sum(), variance) + 1)
     c = X @ Vt[:K].T
     d = np.sqrt((c ** 2 / lam[:K]).sum(1))
-    copies = np.maximum(1, np.round(d / d.mean()))
-    return copies * len(copies) / copies.sum(), K, d
+    return d / d.mean(), K, d
 
 
 # --- model inputs --------------------------------------------------------------------------------------------

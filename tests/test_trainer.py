@@ -1,0 +1,136 @@
+"""The separate trainer (needs PyTorch): learning, augmentation geometry, flips, GDB, resume."""
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import musica_ref as m
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install '.[train]')")
+from tools import train as T  # noqa: E402
+from tools.trainer import data as D  # noqa: E402
+
+from conftest import SHARED  # noqa: E402
+
+
+def dot_image(points, shape=(96, 110), radius=2.5):
+    """Black image with a distinct bright dot at every point; dot k has colour (k+1)*20 in the red channel."""
+    H, W = shape
+    yy, xx = np.mgrid[0:H, 0:W]
+    img = np.zeros((H, W, 3), np.float32)
+    for k, (x, y) in enumerate(points):
+        blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * radius ** 2))
+        img[:, :, 0] += (k + 1) * 20 * blob
+        img[:, :, 1] += 200 * blob
+    return np.clip(img, 0, 255)
+
+
+def synthetic_folder(tmp_path, n=48, N=5, seed=0):
+    """A 300W-style folder: PNG images with N dots and their .pts files."""
+    rng = np.random.default_rng(seed)
+    base = np.array([[30, 35], [70, 35], [50, 55], [35, 75], [65, 75]], float)[:N]
+    for i in range(n):
+        pts = base * rng.uniform(0.8, 1.1) + rng.uniform(-8, 12, 2) + rng.normal(0, 2, base.shape)
+        Image.fromarray(dot_image(pts).astype(np.uint8)).save(tmp_path / f"f{i:03d}.png")
+        m.write_pts(tmp_path / f"f{i:03d}.pts", pts)
+    return tmp_path
+
+
+def test_augmentations_keep_landmarks_on_the_image_content():
+    rng = np.random.default_rng(1)
+    pts = np.array([[30, 30], [80, 28], [55, 50], [40, 70], [75, 72]], float)
+    img = dot_image(pts)
+    on = D.Augment(p_geometric=1.0, p_flip=0.0, p_colour=0.0, p_gray=0.0, p_occlude=0.0)
+    for _ in range(30):
+        out, p2, v2, box = D.augment(img, pts, np.ones(5, bool), None, on, rng)
+        for k, (x, y) in enumerate(p2):
+            r, c = int(round(y)), int(round(x))
+            assert 0 <= r < out.shape[0] and 0 <= c < out.shape[1]
+            # the dot's peak is at the moved landmark: its colour is the dot's own, brighter than around it
+            assert out[r, c, 1] > 150, (k, out[r, c])
+            assert abs(out[r, c, 0] / out[r, c, 1] * 200 - (k + 1) * 20) < 12
+        assert np.all(box[:2] < box[2:])
+
+
+def test_flip_moves_points_with_the_pixels_and_twice_is_identity():
+    rng = np.random.default_rng(2)
+    for N in (68, 98):
+        pts = rng.uniform(5, 90, (N, 2))
+        vis = rng.random(N) > 0.2
+        img = rng.integers(0, 255, (96, 110, 3)).astype(np.float32)
+        fi, fp, fv = D.flip(img, pts, vis)
+        perm = D.MIRROR[N]
+        assert np.array_equal(perm[perm], np.arange(N))                     # an involution
+        np.testing.assert_array_equal(fi[:, 109 - 7], img[:, 7])
+        np.testing.assert_allclose(fp[perm][:, 0], 109 - pts[:, 0])
+        gi, gp, gv = D.flip(fi, fp, fv)
+        np.testing.assert_array_equal(gi, img)
+        np.testing.assert_allclose(gp, pts, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(gv, vis)
+    assert D.MIRROR[68][36] == 45 and D.MIRROR[68][8] == 8 and D.MIRROR[98][60] == 72 and D.MIRROR[98][96] == 97
+
+
+def test_mirror_permutation_maps_the_mean_face_onto_itself(shared_data):
+    faces = D.FaceSet(shared_data / "val_merl_aflw.h5", limit=400)
+    mean = D.mean_shape(faces)
+    mirrored = mean[D.MIRROR[68]].copy()
+    mirrored[:, 0] = 2 * mean[:, 0].mean() - mirrored[:, 0]
+    assert np.abs(mirrored - mean).max() < 0.06 * 142                   # a frontal-ish mean is symmetric
+
+
+def test_gdb_weights_rare_shapes_more():
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0, 100, (12, 2))
+    shapes = [base + rng.normal(0, 1, base.shape) for _ in range(95)]
+    shapes += [base * [1.6, 0.7] + rng.normal(0, 1, base.shape) for _ in range(5)]    # rare: squashed
+    faces = D.FaceSet.__new__(D.FaceSet)
+    faces.landmarks = np.stack(shapes)
+    faces.visible = np.ones(faces.landmarks.shape[:2], bool)
+    faces.boxes = np.stack([m.geometry.tight_box(s) for s in shapes])
+    w, K, d = D.gdb_weights(faces)
+    assert K >= 1 and w.shape == (100,) and math.isclose(w.sum(), 100)
+    assert d[95:].min() > np.median(d[:95])                 # every rare shape is farther than a typical one
+    assert w[95:].mean() > 1.3 * w[:95].mean()              # and rare shapes are drawn more often
+
+
+def run_train(folder, out, *extra):
+    T.main(["--landmarks", "5", "--train", str(folder), "--val", str(folder), "--out", str(out), "--batch", "8",
+            "--minutes", "5", "--lr", "3e-3", "--ema", "0.5", "--no-gdb", "--threads", "1", *extra])
+
+
+def test_training_reduces_the_loss_and_exports_a_loadable_file(tmp_path):
+    folder = synthetic_folder(tmp_path)
+    out = tmp_path / "w.h5"
+    run_train(folder, out, "--epochs", "6", "--no-augment")
+    log = [json.loads(line) for line in open(str(out) + ".log.jsonl")]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert log[-1]["train_loss"] < 0.9 * log[0]["train_loss"], [r["train_loss"] for r in log]
+    assert log[-1]["val_nme"][-1] < log[0]["val_nme"][-1]
+    w = m.load_weights(out)
+    assert w.provenance["epochs"] == 6 and w.provenance["steps"] == 36 and "git_commit" in w.provenance
+    r = m.MuSiCa(w).predict(m.load_image(folder / "f000.png"), m.geometry.tight_box(m.read_pts(folder / "f000.pts")))
+    assert np.all(np.isfinite(r.landmarks))
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    folder = synthetic_folder(tmp_path, n=24)
+    straight, split = tmp_path / "a.h5", tmp_path / "b.h5"
+    run_train(folder, straight, "--epochs", "2")
+    run_train(folder, split, "--epochs", "1")
+    run_train(folder, split, "--epochs", "2", "--resume")
+    la = [json.loads(line) for line in open(str(straight) + ".log.jsonl")]
+    lb = [json.loads(line) for line in open(str(split) + ".log.jsonl")]
+    assert [r["step"] for r in lb] == [r["step"] for r in la] == [3, 6]
+    wa, wb = m.load_weights(straight), m.load_weights(split)
+    for a, b in zip(wa.iterations, wb.iterations):
+        for name in a:
+            np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_warm_start_from_exported_weights(tmp_path, capsys):
+    folder = synthetic_folder(tmp_path, n=16)
+    run_train(folder, tmp_path / "a.h5", "--epochs", "1")
+    run_train(folder, tmp_path / "b.h5", "--epochs", "1", "--init", str(tmp_path / "a.h5"))
+    assert "warm start from" in capsys.readouterr().out

@@ -74,4 +74,5 @@ def test_engine_reproduces_golden_vectors(path):
                                      or "errors" in name else None)
                 ok &= good
                 lines.append(line)
+    print("\n".join(lines))                      # the per-tensor report (pytest -s shows it)
     assert ok, "golden parity failed:\n" + "\n".join(lines)

@@ -15,6 +15,8 @@ setup(
         "test": ["pytest>=7", "hypothesis>=6.80"],
         # the separate trainer (tools/); never imported by musica_ref. 2.13.0 is the CPU build CI installs.
         "train": ["torch>=2.3,<2.15"],
+        # tools/compare_dlib.py: dlib's ERT shape predictor and its 68-point model file
+        "compare": ["dlib-bin", "face-recognition-models"],
     },
     entry_points={"console_scripts": ["musica-ref=musica_ref.cli:main"]},
     license="MIT",

@@ -30,6 +30,9 @@ from .network import HIDDEN, iteration_forward
 from .pyramid import build_pyramid
 from .weights import Weights, load_weights
 
+# predict_batch runs at most this many faces at once (their pyramids are about 0.8 MB each)
+BATCH_CHUNK = 128
+
 
 @dataclass
 class Result:
@@ -98,17 +101,18 @@ class MuSiCa:
         images = list(images)
         if len(images) != len(boxes):
             raise InputError(f"got {len(images)} images for {len(boxes)} boxes; give one image, or one per box")
-        if not boxes:
-            return []
-        prepared = {}
-        faces = []
-        for img, box in zip(images, boxes):
-            if id(img) not in prepared:                     # one conversion per distinct image
-                prepared[id(img)] = as_rgb(img)
-            rgb = prepared[id(img)]
-            frame = geometry.face_frame(geometry.check_box(box, rgb.shape))
-            faces.append((frame, build_pyramid(rgb, frame)))
-        return self._cascade(faces, ts, tf)
+        results = []
+        for k in range(0, len(boxes), BATCH_CHUNK):          # bounded memory: pyramids of one chunk at a time
+            prepared = {}
+            faces = []
+            for img, box in zip(images[k:k + BATCH_CHUNK], boxes[k:k + BATCH_CHUNK]):
+                if id(img) not in prepared:                  # one conversion per distinct image
+                    prepared[id(img)] = as_rgb(img)
+                rgb = prepared[id(img)]
+                frame = geometry.face_frame(geometry.check_box(box, rgb.shape))
+                faces.append((frame, build_pyramid(rgb, frame)))
+            results += self._cascade(faces, ts, tf)
+        return results
 
     def _cascade(self, faces, ts, tf, keep: bool = False):
         """Run the cascade on prepared faces [(frame, levels)]. With keep=True also return, per iteration,
@@ -137,6 +141,7 @@ class MuSiCa:
             still = []
             for row, f in enumerate(active):
                 for k, v in step.items():           # every face did the same work in this iteration
+                    assert v % len(active) == 0
                     counters[f][k] += v // len(active)
                 e = float(out[row, 2 * N])
                 errors[f].append(e)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from hypothesis import HealthCheck, settings
 
 import musica_ref as m
@@ -39,3 +40,26 @@ def shared_data():
     if not d.is_dir():
         pytest.skip("../shared/data is not present (real faces are not part of the repository)")
     return d
+
+
+def dot_image(points, shape=(96, 110), radius=2.5):
+    """Black image with a distinct bright dot at every point; dot k has colour (k+1)*20 in the red channel."""
+    H, W = shape
+    yy, xx = np.mgrid[0:H, 0:W]
+    img = np.zeros((H, W, 3), np.float32)
+    for k, (x, y) in enumerate(points):
+        blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * radius ** 2))
+        img[:, :, 0] += (k + 1) * 20 * blob
+        img[:, :, 1] += 200 * blob
+    return np.clip(img, 0, 255)
+
+
+def synthetic_folder(tmp_path, n=48, N=5, seed=0):
+    """A 300W-style folder: PNG images with N dots and their .pts files."""
+    rng = np.random.default_rng(seed)
+    base = np.array([[30, 35], [70, 35], [50, 55], [35, 75], [65, 75]], float)[:N]
+    for i in range(n):
+        pts = base * rng.uniform(0.8, 1.1) + rng.uniform(-8, 12, 2) + rng.normal(0, 2, base.shape)
+        Image.fromarray(dot_image(pts).astype(np.uint8)).save(tmp_path / f"f{i:03d}.png")
+        m.write_pts(tmp_path / f"f{i:03d}.pts", pts)
+    return tmp_path

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import musica_ref as m                                          # noqa: E402
 from musica_ref import metrics                                  # noqa: E402
-from tools.evaluate import summarise                            # noqa: E402
+from tools.evaluate import nanmean, summarise                            # noqa: E402
 from tools.trainer.data import FaceSet                          # noqa: E402
 
 
@@ -115,12 +115,12 @@ def main(argv=None):
     print(head + f" {'ms/face':>8}")
     for name, preds, t in systems:
         n = summarise(faces, preds)
-        line = f"{name:<28} {np.nanmean(n['box']) * 100:>9.3f} {np.nanmean(n['io']) * 100:>8.3f}"
+        line = f"{name:<28} {nanmean(n['box']) * 100:>9.3f} {nanmean(n['io']) * 100:>8.3f}"
         if bins is not None:
-            line += "".join(f" {np.nanmean(n['box'][bins == k]) * 100:>7.3f}" for k in range(3))
+            line += "".join(f" {nanmean(n['box'][bins == k]) * 100:>7.3f}" for k in range(3))
             if "landmarks_3dmm" in faces.extra:
                 n3 = summarise(faces, preds, "landmarks_3dmm")["box"]
-                line += f" {np.mean([np.nanmean(n3[bins == k]) for k in range(3)]) * 100:>10.3f}"
+                line += f" {np.mean([nanmean(n3[bins == k]) for k in range(3)]) * 100:>10.3f}"
         print(line + f" {t * 1e3:>8.2f}")
     import platform
     print(f"one face at a time, single process; {platform.machine()}, {os.cpu_count()} CPUs")

@@ -60,6 +60,13 @@ def predict_all(model, faces, method, ts, tf, batch, progress=True):
     return preds, its, macs, est, compute / n
 
 
+def nanmean(x) -> float:
+    """Mean over the non-NaN entries; NaN (no warning) when there are none."""
+    x = np.asarray(x, np.float64)
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if len(x) else float("nan")
+
+
 def summarise(faces, preds, gt_key="landmarks"):
     gt = faces.landmarks if gt_key == "landmarks" else faces.extra[gt_key]
     vis = faces.visible if gt_key == "landmarks" else np.ones(gt.shape[:2], bool)
@@ -91,8 +98,8 @@ def main(argv=None):
     nme = summarise(faces, preds)
     name = f"{a.method} ({Path(a.weights).name})" if a.method == "musica" else "mean shape in the box"
     print(f"{name} on {Path(a.data).name}: {len(faces)} faces; {platform.processor() or platform.machine()}")
-    print(f"  NME_box {np.nanmean(nme['box']) * 100:.3f}%   NME_io {np.nanmean(nme['io']) * 100:.3f}% "
-          f"({np.sum(~np.isnan(nme['io']))} faces with both eye corners)   NME_ip {np.nanmean(nme['ip']) * 100:.3f}% "
+    print(f"  NME_box {nanmean(nme['box']) * 100:.3f}%   NME_io {nanmean(nme['io']) * 100:.3f}% "
+          f"({np.sum(~np.isnan(nme['io']))} faces with both eye corners)   NME_ip {nanmean(nme['ip']) * 100:.3f}% "
           f"({np.sum(~np.isnan(nme['ip']))} faces)")
     io = nme["io"][~np.isnan(nme["io"])]
     print(f"  failure rate (NME_io > 10%) {np.mean(io > 0.10) * 100:.2f}%   CED area to 10%: NME_box "
@@ -102,12 +109,12 @@ def main(argv=None):
               f"{sec * 1e3:.1f} ms/face (batches of {a.batch})")
     if faces.pose is not None:
         bins = metrics.yaw_bin(faces.pose[:, 1])
-        parts = [f"[{lo:.0f},{min(hi, 90):.0f}{')' if hi < 90 else ']'} {np.nanmean(nme['box'][bins == k]) * 100:.3f}% (n={np.sum(bins == k)})"
+        parts = [f"[{lo:.0f},{min(hi, 90):.0f}{')' if hi < 90 else ']'} {nanmean(nme['box'][bins == k]) * 100:.3f}% (n={np.sum(bins == k)})"
                  for k, (lo, hi) in enumerate(metrics.YAW_BINS)]
         print("  NME_box by |yaw|: " + ", ".join(parts))
         if "landmarks_3dmm" in faces.extra:
             n3 = summarise(faces, preds, "landmarks_3dmm")["box"]
-            means = [np.nanmean(n3[bins == k]) for k in range(3)]
+            means = [nanmean(n3[bins == k]) for k in range(3)]
             print(f"  3DDFA protocol (3DMM ground truth, own-box NME): " +
                   ", ".join(f"{x * 100:.3f}%" for x in means) + f", balanced mean {np.mean(means) * 100:.3f}%")
     if a.csv:

@@ -102,7 +102,7 @@ def main(argv=None):
           f"({np.sum(~np.isnan(nme['io']))} faces with both eye corners)   NME_ip {nanmean(nme['ip']) * 100:.3f}% "
           f"({np.sum(~np.isnan(nme['ip']))} faces)")
     io = nme["io"][~np.isnan(nme["io"])]
-    print(f"  failure rate (NME_io > 10%) {np.mean(io > 0.10) * 100:.2f}%   CED area to 10%: NME_box "
+    print(f"  failure rate (NME_io > 10%) {nanmean(io > 0.10) * 100:.2f}%   CED area to 10%: NME_box "
           f"{metrics.ced_auc(nme['box']):.4f}, NME_io {metrics.ced_auc(nme['io']):.4f}")
     if a.method == "musica":
         print(f"  mean iterations {its.mean():.3f}, mean multiply-adds {macs.mean() / 1e6:.2f} M, "

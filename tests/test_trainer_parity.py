@@ -10,7 +10,7 @@ from musica_ref import geometry
 from musica_ref.network import INTERMEDIATES, TENSORS
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install '.[train]')")
-from tools.trainer.model import from_weights, to_weights  # noqa: E402
+from tools.trainer.model import canvases, from_weights, to_weights  # noqa: E402
 
 from conftest import random_model  # noqa: E402
 from test_model import LEVEL0_TOL_PX, REL_TOL, E_TOL, face_image, near_integer  # noqa: E402
@@ -19,13 +19,8 @@ from test_model import LEVEL0_TOL_PX, REL_TOL, E_TOL, face_image, near_integer  
 def torch_cascade(weights, levels, init0):
     """The PyTorch model in float64 on the engine's own pyramid levels and initial shape."""
     net = from_weights(weights, torch.float64)
-    canv = []
-    for L, lv in enumerate(levels):
-        c = np.zeros((1, *geometry.max_level_shape(L), 3))
-        c[0, :lv.shape[0], :lv.shape[1]] = lv
-        canv.append(torch.from_numpy(c))
     with torch.no_grad():
-        return net(canv, torch.from_numpy(init0[None]), keep=True)
+        return net(canvases(levels), torch.from_numpy(init0[None]), keep=True)
 
 
 @st.composite

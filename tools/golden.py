@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import musica_ref as m                                              # noqa: E402
 from musica_ref import geometry                                     # noqa: E402
 from musica_ref.pyramid import build_pyramid                        # noqa: E402
-from tools.trainer.model import from_weights                        # noqa: E402
+from tools.trainer.model import canvases, from_weights              # noqa: E402
 
 FORMAT_NAME = "musica-ref-golden"
 FORMAT_VERSION = 1
@@ -54,13 +54,8 @@ def run_face(net, weights, image, box):
     frame = geometry.face_frame(geometry.check_box(box, image.shape))
     levels = build_pyramid(image, frame)
     init0 = geometry.initial_shape(weights.mean_shape, frame)
-    canv = []
-    for L, lv in enumerate(levels):
-        c = np.zeros((1, *geometry.max_level_shape(L), 3))
-        c[0, :lv.shape[0], :lv.shape[1]] = lv
-        canv.append(torch.from_numpy(c))
     with torch.no_grad():
-        out = net(canv, torch.from_numpy(init0[None]), keep=True)
+        out = net(canvases(levels), torch.from_numpy(init0[None]), keep=True)
     shapes = out["shapes"][:, 0].numpy()
     return {"frame": frame, "levels": levels, "init0": init0, "trace": out["trace"],
             "landmarks": np.stack([geometry.level_to_image(s, frame, 0) for s in shapes]),

@@ -115,6 +115,17 @@ class MuSiCaTorch(nn.Module):
         return out
 
 
+def canvases(levels, dtype=torch.float64):
+    """One face's pyramid levels [(H_L, W_L, 3)] -> the model's inputs: 3 tensors (1, H_max, W_max, 3),
+    zero beyond the level (patch extraction reads that as outside the image, as inference does)."""
+    out = []
+    for L, lv in enumerate(levels):
+        c = np.zeros((1, *geometry.max_level_shape(L), 3))
+        c[0, :lv.shape[0], :lv.shape[1]] = lv
+        out.append(torch.from_numpy(c).to(dtype))
+    return out
+
+
 # --- conversion to and from the weights file ---------------------------------------------------------------
 
 def _to_file(name: str, t: torch.Tensor) -> np.ndarray:

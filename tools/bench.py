@@ -1,0 +1,258 @@
+"""Speed of the Numba engine beside PyTorch (eager, TorchScript) and ONNX Runtime on the same network, with
+this machine's measured floors. One run, interleaved rounds, medians after warm-up.
+
+    pip install torch==2.13.0 && pip install ".[train]" onnx onnxruntime onnxscript   # optional baselines
+    python tools/bench.py [--weights FILE] [--variant musica68] [--rounds 15]
+
+Cases (batch 1 and batch B, 1 and 2 threads):
+- engine, whole cascade: image + box -> landmarks (pyramid, patches, 3 iterations);
+- engine, early exit at --ts (default: the median first-iteration estimate on the example faces);
+- network only, patches given (3 iterations chained by the hidden state): engine, PyTorch eager,
+  TorchScript, ONNX Runtime; same weights, same inputs.
+Floors: batch 1 streams every weight once per face (parameters x 4 bytes / read bandwidth); large batches are
+bound by arithmetic (2 x multiply-adds / matrix-multiply GFLOP/s). Both are measured here, with 1 and 2
+threads. Also: `import musica_ref` and the first `predict` in a fresh process (compiled cache present), and
+the peak resident memory of a batch run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numba                                                    # noqa: E402
+from numba import njit, prange                                  # noqa: E402
+
+import musica_ref as m                                          # noqa: E402
+from musica_ref import geometry, opcount                        # noqa: E402
+from musica_ref.network import HIDDEN, iteration_forward        # noqa: E402
+
+EXAMPLE, BOX = ROOT / "examples" / "face.png", (96, 72, 224, 232)
+
+
+@njit(parallel=True, cache=True)
+def _read_sum(a):
+    n = a.size
+    chunks = 64
+    part = np.zeros(chunks)
+    for c in prange(chunks):
+        s = 0.0
+        for i in range(c * n // chunks, (c + 1) * n // chunks):
+            s += a[i]
+        part[c] = s
+    return part.sum()
+
+
+def machine_peaks(threads):
+    """(read bandwidth GB/s, float32 matmul GFLOP/s) with `threads` threads."""
+    numba.set_num_threads(threads)
+    a = np.ones(256 * 2**20 // 4, np.float32)              # 256 MB: far beyond any cache
+    _read_sum(a)
+    bw = a.nbytes / min(_timeit(lambda: _read_sum(a), 5)) / 1e9
+    code = ("import numpy as np, time; a=np.random.rand(2048,2048).astype(np.float32); b=a.copy(); a@b; "
+            "t=[];\nfor _ in range(5):\n s=time.perf_counter(); a@b; t.append(time.perf_counter()-s)\n"
+            "print(2*2048**3/min(t)/1e9)")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    gf = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout)
+    return bw, gf
+
+
+def _timeit(fn, n):
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def fresh_process(weights):
+    code = ("import time, sys; t0=time.perf_counter(); import musica_ref as m; t1=time.perf_counter(); "
+            "mo=m.MuSiCa.load(sys.argv[1]); im=m.load_image(sys.argv[2]); t2=time.perf_counter(); "
+            "mo.predict(im,(96,72,224,232)); t3=time.perf_counter(); print(t1-t0, t3-t2)")
+    p = subprocess.run([sys.executable, "-c", code, str(weights), str(EXAMPLE)], capture_output=True, text=True,
+                       cwd=ROOT)
+    imp, first = (float(x) for x in p.stdout.split())
+    return imp, first
+
+
+def peak_memory(weights, batch):
+    code = ("import resource, sys, numpy as np, musica_ref as m; mo=m.MuSiCa.load(sys.argv[1]); "
+            "im=m.load_image(sys.argv[2]); b=[(96+i%5,72+i%3,224+i%5,232+i%3) for i in range(int(sys.argv[3]))]; "
+            "mo.predict_batch(im,b); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024)")
+    p = subprocess.run([sys.executable, "-c", code, str(weights), str(EXAMPLE), str(batch)], capture_output=True,
+                       text=True, cwd=ROOT)
+    return int(p.stdout.strip())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights")
+    ap.add_argument("--variant", default="musica68")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--ts", type=float)
+    a = ap.parse_args(argv)
+    tmp = tempfile.mkdtemp()
+    if a.weights:
+        weights_path = a.weights
+    else:
+        weights_path = os.path.join(tmp, "w.h5")
+        m.save_weights(weights_path, m.random_weights(m.get_variant(a.variant)))
+    model = m.MuSiCa.load(weights_path)
+    w = model.weights
+    v = w.variant
+    img = m.load_image(EXAMPLE)
+    rng = np.random.default_rng(0)
+    boxes = [tuple(np.asarray(BOX) + rng.uniform(-6, 6, 4)) for _ in range(a.batch)]
+    # patches of a real run, per iteration, to feed the network-only cases
+    _, trace = model.trace(img, BOX)
+    patches1 = [t["patches"] for t in trace]
+    patchesB = [np.concatenate([p] * a.batch) for p in patches1]
+    ts = a.ts if a.ts is not None else float(np.median([r.errors[0] for r in model.predict_batch(img, boxes[:16])]))
+
+    def engine_net(patches, B):
+        h = np.zeros((B, HIDDEN), np.float32)
+        for i in range(3):
+            _, h, _ = iteration_forward(patches[i], h, w.iterations[i])
+
+    cases = {}                                     # name -> (callable, faces per call)
+    for B, pat in ((1, patches1), (a.batch, patchesB)):
+        bx = boxes[:B]
+        cases[f"engine cascade, batch {B}"] = (lambda bx=bx: model.predict_batch(img, bx), B)
+        cases[f"engine cascade Ts={ts:.3f}, batch {B}"] = (lambda bx=bx: model.predict_batch(img, bx, ts=ts), B)
+        cases[f"engine network, batch {B}"] = (lambda pat=pat, B=B: engine_net(pat, B), B)
+    notes = []
+    try:
+        import torch
+        from tools.trainer.model import from_weights
+
+        class NetOnly(torch.nn.Module):
+            def __init__(self, net):
+                super().__init__()
+                self.its = net.iterations
+
+            def forward(self, p0, p1, p2):
+                h = torch.zeros(p0.shape[0] // v.n_patches, HIDDEN)
+                outs = []
+                for it, p in zip(self.its, (p0, p1, p2)):
+                    r = it(p, h)
+                    h = r["hidden"]
+                    outs.append(r["out"])
+                return torch.stack(outs)
+
+        net = NetOnly(from_weights(w, torch.float32)).eval()
+        scripted = torch.jit.trace(net, tuple(torch.from_numpy(p) for p in patches1), check_trace=False)
+        for B, pat in ((1, patches1), (a.batch, patchesB)):
+            tp = tuple(torch.from_numpy(p) for p in pat)
+            cases[f"PyTorch eager network, batch {B}"] = (lambda tp=tp: _no_grad(net, tp), B)
+            cases[f"TorchScript network, batch {B}"] = (lambda tp=tp: _no_grad(scripted, tp), B)
+        try:
+            import onnxruntime as ort
+            onnx_path = os.path.join(tmp, "net.onnx")
+            torch.onnx.export(net, tuple(torch.from_numpy(p) for p in patches1), onnx_path,
+                              input_names=["p0", "p1", "p2"], output_names=["out"],
+                              dynamic_axes={k: {0: "bp"} for k in ("p0", "p1", "p2")}, dynamo=False)
+            sessions = {}
+            for th in (1, 2):
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = th
+                so.inter_op_num_threads = 1
+                sessions[th] = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+            for B, pat in ((1, patches1), (a.batch, patchesB)):
+                feed = {"p0": pat[0], "p1": pat[1], "p2": pat[2]}
+                cases[f"ONNX Runtime network, batch {B}"] = (lambda feed=feed: sessions[THREADS[0]].run(None, feed), B)
+        except ImportError:
+            notes.append("ONNX Runtime not installed: its rows are missing")
+    except ImportError:
+        notes.append("PyTorch not installed: the PyTorch, TorchScript and ONNX rows are missing")
+
+    results = {}
+    for th in (1, 2):
+        THREADS[0] = th
+        numba.set_num_threads(th)
+        _set_torch_threads(th)
+        for fn, _ in cases.values():               # warm-up
+            fn()
+            fn()
+        times = {k: [] for k in cases}
+        for _ in range(a.rounds):                  # interleaved rounds
+            for k, (fn, _) in cases.items():
+                t = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t)
+        for k, (fn, B) in cases.items():
+            results[(k, th)] = statistics.median(times[k]) / B
+
+    peaks = {th: machine_peaks(th) for th in (1, 2)}
+    numba.set_num_threads(2)
+    imp, first = fresh_process(weights_path)
+    mem = peak_memory(weights_path, a.batch)
+    params = opcount.total_parameters(v.n_landmarks, v.n_patches)
+    macs = opcount.total_macs(v.n_landmarks, v.n_patches)
+    cpu = platform.processor()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"machine: {cpu}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}, numba "
+          f"{numba.__version__}; {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"variant {v.name}: {macs / 1e6:.2f} M multiply-adds, {params:,d} parameters "
+          f"({params * 4 / 1e6:.1f} MB float32) per face, all 3 iterations")
+    for th in (1, 2):
+        bw, gf = peaks[th]
+        print(f"{th} thread(s): read bandwidth {bw:.1f} GB/s, float32 matmul {gf:.1f} GFLOP/s -> floors: "
+              f"weight streaming {params * 4 / bw / 1e9 * 1e3:.2f} ms/face, arithmetic "
+              f"{2 * macs / gf / 1e9 * 1e3:.2f} ms/face")
+    print(f"\n{'case':<42} {'threads':>7} {'ms/face':>9} {'faces/s':>9} {'x stream floor':>15} {'x arith floor':>14}")
+    for (k, th), t in results.items():
+        bw, gf = peaks[th]
+        sf, af = params * 4 / bw / 1e9, 2 * macs / gf / 1e9
+        print(f"{k:<42} {th:>7} {t * 1e3:>9.2f} {1 / t:>9.1f} {t / sf:>15.2f} {t / af:>14.2f}")
+    print("\nratios (engine time / baseline time; < 1 means the engine is faster):")
+    for th in (1, 2):
+        for B in (1, a.batch):
+            e = results.get((f"engine network, batch {B}", th))
+            for base in ("PyTorch eager", "TorchScript", "ONNX Runtime"):
+                b = results.get((f"{base} network, batch {B}", th))
+                if e and b:
+                    print(f"  network, batch {B}, {th} thread(s): engine / {base} = {e / b:.2f}")
+    print(f"\nfresh process, compiled cache present: import musica_ref {imp:.2f} s, first predict {first:.2f} s")
+    print(f"peak resident memory, batch {a.batch}: {mem / 1e6:.0f} MB (weights {params * 4 / 1e6:.0f} MB float32)")
+    print(f"early exit threshold Ts = {ts:.4f}")
+    for n in notes:
+        print(n)
+
+
+THREADS = [2]
+
+
+def _no_grad(net, tp):
+    import torch
+    with torch.no_grad():
+        return net(*tp)
+
+
+def _set_torch_threads(th):
+    try:
+        import torch
+        torch.set_num_threads(th)
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -246,7 +246,7 @@ def main(argv=None):
 
     budget = a.minutes * 60
     val_nme = history[-1]["val_nme"][-1] if history and history[-1].get("val_nme") else None
-    stopped = False
+    stopped, exported_epoch = False, None
     while epoch < a.epochs and not stopped:
         for g in opt.param_groups:
             g["lr"] = a.lr * 0.1 ** sum(epoch >= s for s in lr_steps)
@@ -280,7 +280,8 @@ def main(argv=None):
                 stopped = True
                 break
         if stopped and seen < len(ds) * a.batch:
-            print(f"time budget reached inside epoch {epoch} ({seen} faces); the partial epoch is not counted")
+            print(f"time budget reached inside epoch {epoch} ({seen} faces); that partial epoch is dropped: "
+                  f"the checkpoint and {a.out} stay as they were at the end of epoch {epoch}", flush=True)
             break
         epoch += 1
         rec = {"epoch": epoch, "step": step, "train_loss": run_loss / max(seen, 1),
@@ -298,9 +299,11 @@ def main(argv=None):
             fh.write(json.dumps(rec) + "\n")
         save_state()
         export(val_nme)
-    save_state()
-    export(val_nme)
-    print(f"exported {a.out} after {epoch} epochs, {step} steps, {(time.time() - t_start) / 60:.1f} min", flush=True)
+        exported_epoch = epoch
+    if exported_epoch is None:
+        print(f"no epoch completed in this run; nothing exported (a longer --minutes is needed)", flush=True)
+    else:
+        print(f"{a.out} holds epoch {exported_epoch}; {(time.time() - t_start) / 60:.1f} min", flush=True)
 
 
 if __name__ == "__main__":

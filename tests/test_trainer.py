@@ -100,9 +100,16 @@ def test_resume_continues_where_it_stopped(tmp_path):
     lb = [json.loads(line) for line in open(str(split) + ".log.jsonl")]
     assert [r["step"] for r in lb] == [r["step"] for r in la] == [3, 6]
     wa, wb = m.load_weights(straight), m.load_weights(split)
+    # the same faces, augmentations and optimiser state: equal up to PyTorch's CPU kernels, which are not
+    # bit-reproducible from one process to the next (differences seen: ~1e-6)
     for a, b in zip(wa.iterations, wb.iterations):
         for name in a:
-            np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-5, err_msg=name)
+    # ... while another data order and initialisation lands far outside that tolerance
+    other = tmp_path / "c.h5"
+    run_train(folder, other, "--epochs", "2", "--seed", "1")
+    wc = m.load_weights(other)
+    assert max(np.abs(a[k] - c[k]).max() for a, c in zip(wa.iterations, wc.iterations) for k in a) > 1e-3
 
 
 def test_warm_start_from_exported_weights(tmp_path, capsys):
@@ -110,3 +117,14 @@ def test_warm_start_from_exported_weights(tmp_path, capsys):
     run_train(folder, tmp_path / "a.h5", "--epochs", "1")
     run_train(folder, tmp_path / "b.h5", "--epochs", "1", "--init", str(tmp_path / "a.h5"))
     assert "warm start from" in capsys.readouterr().out
+
+
+def test_a_budget_cut_inside_an_epoch_changes_nothing(tmp_path, capsys):
+    folder = synthetic_folder(tmp_path, n=24)
+    out = tmp_path / "w.h5"
+    run_train(folder, out, "--epochs", "1")
+    before = (out.read_bytes(), (tmp_path / "w.h5.ckpt").read_bytes())
+    T.main(["--landmarks", "5", "--train", str(folder), "--out", str(out), "--batch", "8", "--epochs", "3",
+            "--resume", "--minutes", "0.0001", "--no-gdb", "--threads", "1"])
+    assert "partial epoch is dropped" in capsys.readouterr().out
+    assert (out.read_bytes(), (tmp_path / "w.h5.ckpt").read_bytes()) == before

@@ -98,7 +98,7 @@ def test_cli_predict_box_out_overlay(capsys, tmp_path, weights_file):
     assert np.asarray(res["landmarks"]).shape == (68, 2) and res["iterations"] == 3
     assert Image.open(tmp_path / "o.png").size == Image.open(EXAMPLE).size
     # .pts output round-trips through read_pts (1-based on disk, 0-based in memory)
-    code, _, err = run(capsys, "predict", EXAMPLE, "--box", "96,72,224,232", "--weights", weights_file,
+    code, _, err = run(capsys, "predict", EXAMPLE, "--box", "92,112,228,236", "--weights", weights_file,
                        "--out", tmp_path / "p.pts")
     assert code == 0, err
     np.testing.assert_allclose(m.read_pts(tmp_path / "p.pts"), res["landmarks"], atol=1e-3)
@@ -151,7 +151,7 @@ def test_cli_refuses_to_overwrite_inputs(capsys, tmp_path, weights_file):
     img = tmp_path / "face.png"
     img.write_bytes(EXAMPLE.read_bytes())
     before = img.read_bytes()
-    code, _, err = run(capsys, "predict", img, "--box", "96,72,224,232", "--weights", weights_file,
+    code, _, err = run(capsys, "predict", img, "--box", "92,112,228,236", "--weights", weights_file,
                        "--overlay", img)
     assert code == 2 and "refusing to overwrite" in err and img.read_bytes() == before
     code, _, err = run(capsys, "random-weights", weights_file)
@@ -160,9 +160,9 @@ def test_cli_refuses_to_overwrite_inputs(capsys, tmp_path, weights_file):
 
 def test_cli_weights_errors(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv(cli.WEIGHTS_ENV, raising=False)
-    code, _, err = run(capsys, "predict", EXAMPLE, "--box", "96,72,224,232")
+    code, _, err = run(capsys, "predict", EXAMPLE, "--box", "92,112,228,236")
     assert code == 2 and "random-weights" in err
-    code, _, err = run(capsys, "predict", EXAMPLE, "--box", "96,72,224,232", "--weights", EXAMPLE)
+    code, _, err = run(capsys, "predict", EXAMPLE, "--box", "92,112,228,236", "--weights", EXAMPLE)
     assert code == 2 and "not an HDF5 file" in err
     code, _, err = run(capsys, "info", tmp_path / "none.h5")
     assert code == 2 and "does not exist" in err

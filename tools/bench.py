@@ -39,7 +39,8 @@ import musica_ref as m                                          # noqa: E402
 from musica_ref import geometry, opcount                        # noqa: E402
 from musica_ref.network import HIDDEN, iteration_forward        # noqa: E402
 
-EXAMPLE, BOX = ROOT / "examples" / "face.png", (96, 72, 224, 232)
+EXAMPLE = ROOT / "examples" / "face.png"
+from tools.make_example import FACE_BOX as BOX  # noqa: E402
 
 
 @njit(parallel=True, cache=True)
@@ -82,7 +83,7 @@ def _timeit(fn, n):
 def fresh_process(weights):
     code = ("import time, sys; t0=time.perf_counter(); import musica_ref as m; t1=time.perf_counter(); "
             "mo=m.MuSiCa.load(sys.argv[1]); im=m.load_image(sys.argv[2]); t2=time.perf_counter(); "
-            "mo.predict(im,(96,72,224,232)); t3=time.perf_counter(); print(t1-t0, t3-t2)")
+            f"mo.predict(im,{BOX}); t3=time.perf_counter(); print(t1-t0, t3-t2)")
     p = subprocess.run([sys.executable, "-c", code, str(weights), str(EXAMPLE)], capture_output=True, text=True,
                        cwd=ROOT)
     imp, first = (float(x) for x in p.stdout.split())

@@ -39,14 +39,14 @@ sys.path.insert(0, str(ROOT))
 import musica_ref as m                                              # noqa: E402
 from musica_ref import geometry                                     # noqa: E402
 from musica_ref.pyramid import build_pyramid                        # noqa: E402
+from tools.make_example import FACE_BOX                             # noqa: E402
 from tools.trainer.model import canvases, from_weights              # noqa: E402
 
 FORMAT_NAME = "musica-ref-golden"
 FORMAT_VERSION = 1
 MARGIN = 1e-3
 PER_PATCH = ("patches", "conv1", "pool1", "conv2", "pool2", "features", "attention", "gated")
-EXAMPLE_BOX = (96.0, 72.0, 224.0, 232.0)
-DEFAULT_BOXES = [EXAMPLE_BOX, (90.5, 80.25, 230.75, 228.5)]
+DEFAULT_BOXES = [tuple(float(v) for v in FACE_BOX), (90.5, 108.25, 230.75, 240.5)]
 
 
 def run_face(net, weights, image, box):

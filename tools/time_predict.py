@@ -17,19 +17,22 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE, BOX = ROOT / "examples" / "face.png", (96, 72, 224, 232)
+sys.path.insert(0, str(ROOT))
+EXAMPLE = ROOT / "examples" / "face.png"
+from tools.make_example import FACE_BOX as BOX  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
+BOX = tuple(float(v) for v in sys.argv[3].split(","))
 t0 = time.perf_counter()
 import musica_ref as m
 t1 = time.perf_counter()
 model = m.MuSiCa.load(sys.argv[1])
 img = m.load_image(sys.argv[2])
 t2 = time.perf_counter()
-model.predict(img, (96, 72, 224, 232))
+model.predict(img, BOX)
 t3 = time.perf_counter()
-model.predict(img, (96, 72, 224, 232))
+model.predict(img, BOX)
 t4 = time.perf_counter()
 print(json.dumps({"import": t1 - t0, "load": t2 - t1, "first": t3 - t2, "second": t4 - t3}))
 """
@@ -52,7 +55,8 @@ def machine() -> str:
 def fresh(weights, n, env=None):
     out = []
     for _ in range(n):
-        p = subprocess.run([sys.executable, "-c", CHILD, str(weights), str(EXAMPLE)], capture_output=True,
+        p = subprocess.run([sys.executable, "-c", CHILD, str(weights), str(EXAMPLE), ",".join(map(str, BOX))],
+                           capture_output=True,
                            text=True, cwd=ROOT, env=env)
         if p.returncode:
             raise SystemExit(p.stderr)
@@ -67,7 +71,6 @@ def main():
     ap.add_argument("--fresh", type=int, default=3)
     ap.add_argument("--cold", action="store_true", help="also time a first call with an empty numba cache")
     a = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
     import musica_ref as m
     tmp = tempfile.mkdtemp()
     weights = a.weights

@@ -62,14 +62,16 @@ def stop_iteration(scores, ts):
     return np.where(below.any(1), below.argmax(1), scores.shape[1] - 1)
 
 
-def sweep(nme, est, macs_per_it, rng, thresholds, repeats=50):
+def sweep(nme, est, truth, macs_per_it, rng, thresholds, repeats=50):
+    """Per Ts: our policy (stop on E), the random policy with the same histogram of iteration counts, and
+    the oracle (stop on `truth`, the true value of what E estimates); NME reported is `nme`."""
     rows = []
     n = len(nme)
     for ts in thresholds:
         stop = stop_iteration(est, ts)
         ours = nme[np.arange(n), stop].mean()
         rand = np.mean([nme[np.arange(n), rng.permutation(stop)].mean() for _ in range(repeats)])
-        oracle_stop = stop_iteration(nme, ts)
+        oracle_stop = stop_iteration(truth, ts)
         rows.append({"ts": ts, "iterations": stop.mean() + 1, "macs_M": (stop.mean() + 1) * macs_per_it / 1e6,
                      "nme": ours, "nme_random": rand, "oracle_iterations": oracle_stop.mean() + 1,
                      "nme_oracle": nme[np.arange(n), oracle_stop].mean()})
@@ -83,10 +85,10 @@ def cmd_early_exit(a, faces, out):
         model = m.MuSiCa.load(wpath)
         v = model.weights.variant
         per_it = opcount.total_macs(v.n_landmarks, v.n_patches, iterations=1)
-        nme, _, est = full_runs(model, faces)
+        nme, truth, est = full_runs(model, faces)
         ths = np.unique(np.concatenate([[0.0], np.quantile(est, np.linspace(0.02, 1.0, 40)) + 1e-9]))
         ths = ths[ths >= 0]
-        rows = sweep(nme, est, per_it, rng, ths)
+        rows = sweep(nme, est, truth, per_it, rng, ths)
         # check the simulation against the engine itself at one threshold
         ts_check = float(np.median(est[:, 0]))
         if ts_check > 0:

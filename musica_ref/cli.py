@@ -188,6 +188,9 @@ def main(argv=None) -> int:
     except MusicaError as exc:
         print(f"musica-ref: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:                 # output piped into e.g. `head`, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -87,11 +87,6 @@ def main(argv=None):
     dlib, sp = dlib_model()
     t_map, n_fit = fit_box_map(dlib, FaceSet(a.fit, a.fit_faces), a.fit_faces)
     faces = FaceSet(a.data, a.limit)
-    import h5py
-    faces.extra = {}
-    with h5py.File(a.data, "r") as f:
-        if "landmarks_3dmm" in f:
-            faces.extra["landmarks_3dmm"] = f["landmarks_3dmm"][:len(faces)].astype(np.float64)
     systems = []
     for w in a.weights:
         model = m.MuSiCa.load(w)

@@ -88,12 +88,6 @@ def main(argv=None):
     a = ap.parse_args(argv)
     model = m.MuSiCa.load(a.weights)
     faces = FaceSet(a.data, a.limit)
-    import h5py
-    faces.extra = {}
-    if not Path(a.data).is_dir():
-        with h5py.File(a.data, "r") as f:
-            if "landmarks_3dmm" in f:
-                faces.extra["landmarks_3dmm"] = f["landmarks_3dmm"][:len(faces)].astype(np.float64)
     preds, its, macs, est, sec = predict_all(model, faces, a.method, a.ts, a.tf, a.batch)
     nme = summarise(faces, preds)
     name = f"{a.method} ({Path(a.weights).name})" if a.method == "musica" else "mean shape in the box"

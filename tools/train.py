@@ -53,10 +53,10 @@ def loss_terms(out, gt0, visible, norm, dead_zone: float):
 class EpochBatches(torch.utils.data.Dataset):
     """Batch k of an epoch: faces order[k*B:(k+1)*B], augmented (seeded by epoch and k) and prepared."""
 
-    def __init__(self, source, limit, mean, batch, aug: D.Augment, order, seed):
+    def __init__(self, source, limit, mean, batch, aug: D.Augment, order, seed, faces=None):
         self.source, self.limit, self.mean, self.batch, self.aug = source, limit, mean, batch, aug
         self.order, self.seed = order, seed
-        self.faces = None
+        self.faces = faces                         # None: opened in the worker process
 
     def __len__(self):
         return len(self.order) // self.batch
@@ -252,7 +252,8 @@ def main(argv=None):
             g["lr"] = a.lr * 0.1 ** sum(epoch >= s for s in lr_steps)
         rng = np.random.default_rng([a.seed, epoch])
         order = rng.choice(len(train), size=len(train), p=weights / weights.sum())
-        ds = EpochBatches(a.train, a.limit, mean, a.batch, aug, order, [a.seed, epoch])
+        ds = EpochBatches(a.train, a.limit, mean, a.batch, aug, order, [a.seed, epoch],
+                          faces=None if a.workers else train)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=a.workers,
                                              multiprocessing_context="spawn" if a.workers else None,
                                              prefetch_factor=4 if a.workers else None)

@@ -44,7 +44,8 @@ MIRROR = {
 
 class FaceSet:
     """Faces with landmarks: `image(i)` (H, W, 3) uint8, `landmarks` (n, N, 2) (x, y) 0-based,
-    `visible` (n, N) bool, `boxes` (n, 4) face boxes. Decoded images are cached in memory."""
+    `visible` (n, N) bool, `boxes` (n, 4) face boxes, `pose` (n, 3) or None, `extra` other ground truths by
+    name. Decoded images are cached in memory."""
 
     def __init__(self, source, limit: int | None = None):
         self.source = str(source)
@@ -64,6 +65,8 @@ class FaceSet:
             self.visible = f["visible"][:n].astype(bool)
             self.boxes = f["box"][:n].astype(np.float64)
             self.pose = f["pose"][:n].astype(np.float64) if "pose" in f else None
+            # other ground truths of the same faces (AFLW2000-3D: landmarks_3dmm, the 3DDFA protocol's)
+            self.extra = {k: f[k][:n].astype(np.float64) for k in ("landmarks_3dmm",) if k in f}
         self._files = None
 
     def _init_folder(self, path: Path, limit):
@@ -79,6 +82,7 @@ class FaceSet:
         self.visible = np.ones(self.landmarks.shape[:2], bool)
         self.boxes = np.stack([geometry.tight_box(p) for p in self.landmarks])
         self.pose = None
+        self.extra = {}
 
     def __len__(self):
         return len(self.landmarks)

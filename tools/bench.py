@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from musica_ref.network import HIDDEN, iteration_forward        # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "face.png"
 from tools.make_example import FACE_BOX as BOX  # noqa: E402
+from tools.time_predict import fresh, machine  # noqa: E402
 
 
 @njit(parallel=True, cache=True)
@@ -84,20 +84,13 @@ def _timeit(fn, n):
     return out
 
 
-def fresh_process(weights):
-    code = ("import time, sys; t0=time.perf_counter(); import musica_ref as m; t1=time.perf_counter(); "
-            "mo=m.MuSiCa.load(sys.argv[1]); im=m.load_image(sys.argv[2]); t2=time.perf_counter(); "
-            f"mo.predict(im,{BOX}); t3=time.perf_counter(); print(t1-t0, t3-t2)")
-    p = subprocess.run([sys.executable, "-c", code, str(weights), str(EXAMPLE)], capture_output=True, text=True,
-                       cwd=ROOT)
-    imp, first = (float(x) for x in p.stdout.split())
-    return imp, first
-
-
 def peak_memory(weights, batch):
-    code = ("import resource, sys, numpy as np, musica_ref as m; mo=m.MuSiCa.load(sys.argv[1]); "
+    # VmHWM (peak RSS of this address space) rather than ru_maxrss, which keeps the RSS of the forked copy of
+    # this (large) benchmark process from before exec and read 2 GB for a run that peaks near 0.5 GB
+    code = ("import sys, numpy as np, musica_ref as m; mo=m.MuSiCa.load(sys.argv[1]); "
             "im=m.load_image(sys.argv[2]); b=[(96+i%5,72+i%3,224+i%5,232+i%3) for i in range(int(sys.argv[3]))]; "
-            "mo.predict_batch(im,b); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss*1024)")
+            "mo.predict_batch(im,b); "
+            "print(int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024)")
     p = subprocess.run([sys.executable, "-c", code, str(weights), str(EXAMPLE), str(batch)], capture_output=True,
                        text=True, cwd=ROOT)
     return int(p.stdout.strip())
@@ -204,17 +197,13 @@ def main(argv=None):
 
     peaks = {th: machine_peaks(th) for th in (1, 2)}
     numba.set_num_threads(2)
-    imp, first = fresh_process(weights_path)
+    runs = fresh(weights_path, 3)
+    imp = statistics.median(r["import"] for r in runs)
+    first = statistics.median(r["first"] for r in runs)
     mem = peak_memory(weights_path, a.batch)
     params = opcount.total_parameters(v.n_landmarks, v.n_patches)
     macs = opcount.total_macs(v.n_landmarks, v.n_patches)
-    cpu = platform.processor()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    print(f"machine: {cpu}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}, numba "
-          f"{numba.__version__}; {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"variant {v.name}: {macs / 1e6:.2f} M multiply-adds, {params:,d} parameters "
           f"({params * 4 / 1e6:.1f} MB float32) per face, all 3 iterations")
     for th in (1, 2):
@@ -235,7 +224,8 @@ def main(argv=None):
                 b = results.get((f"{base} network, batch {B}", th))
                 if e and b:
                     print(f"  network, batch {B}, {th} thread(s): engine / {base} = {e / b:.2f}")
-    print(f"\nfresh process, compiled cache present: import musica_ref {imp:.2f} s, first predict {first:.2f} s")
+    print(f"\nfresh process, compiled cache present (median of 3): import musica_ref {imp:.2f} s, "
+          f"first predict {first:.2f} s")
     print(f"peak resident memory, batch {a.batch}: {mem / 1e6:.0f} MB (weights {params * 4 / 1e6:.0f} MB float32)")
     print(f"early exit threshold Ts = {ts:.4f}")
     for n in notes:

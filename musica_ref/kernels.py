@@ -13,12 +13,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 # The fully connected kernel sums its K inputs in fixed chunks of FC_KCHUNK, and each work item reuses a
 # weight row for FC_ROWS inputs of the batch.
 FC_ROWS = 8
 FC_KCHUNK = 256
+# with at least this many blocks of FC_ROWS inputs, fully_connected runs the blocks in parallel, else the chunks
+FC_PARALLEL_BLOCKS = 4
 
 
 # --- image resampling ---------------------------------------------------------------------------------------
@@ -154,7 +156,7 @@ def conv3x3(x, weight, bias, relu):
     """Valid 3x3 cross-correlation + bias (+ ReLU if relu), stride 1, over many patches at once.
 
     x (B, H, W, Cin) float32; weight (3, 3, Cin, Cout); bias (Cout,) -> (B, H-2, W-2, Cout) float32.
-    Accumulator: float32, starting at the bias, summed over (di, dj, c) in that order.
+    Accumulator: float32, starting at the bias, summed over (c, di, dj) in that order.
     """
     B, H, W, Cin = x.shape
     Cout = weight.shape[3]
@@ -170,9 +172,9 @@ def conv3x3(x, weight, bias, relu):
             for j in range(OW):
                 for o in range(Cout):
                     acc[o] = bias[o]
-                for di in range(3):
-                    for dj in range(3):
-                        for c in range(Cin):
+                for c in range(Cin):
+                    for di in range(3):
+                        for dj in range(3):
                             xv = x[b, i + di, j + dj, c]
                             for o in range(Cout):
                                 acc[o] += xv * weight[di, dj, c, o]
@@ -221,15 +223,33 @@ def crop_concat(conv2, pool2):
     return out
 
 
+@njit(cache=True)
+def _fc_chunk(x, weight, r0, nr, c, acc):
+    """acc[r] = sum over k of chunk c (in order) of x[r0 + r, k] * weight[k], starting from 0; inputs that are
+    exactly 0 are skipped (adding 0 * w, w finite, leaves every partial sum as it is, bit for bit)."""
+    K, M = weight.shape
+    for r in range(nr):
+        for j in range(M):
+            acc[r, j] = 0.0
+    for k in range(c * FC_KCHUNK, min(K, (c + 1) * FC_KCHUNK)):
+        for r in range(nr):
+            xv = x[r0 + r, k]
+            if xv != 0.0:
+                for j in range(M):
+                    acc[r, j] += xv * weight[k, j]
+
+
 @njit(parallel=True, cache=True)
 def fully_connected(x, weight, bias):
-    """out = x @ weight + bias, batched. x (B, K) float32; weight (K, M); bias (M,) -> (B, M) float32.
+    """out = x @ weight + bias, batched. x (B, K) float32; weight (K, M), finite; bias (M,) -> (B, M) float32.
 
     Accumulator: float32. The K inputs are cut into fixed chunks of FC_KCHUNK; each chunk's partial sum
-    runs over its k in order, and out = bias + partial_0 + partial_1 + ... in chunk order. The chunks and
-    the order depend on K only, never on the batch size or the thread count, so results are bit-identical
-    however the work is split. Work items are (FC_ROWS inputs) x (one chunk): each streams its weight rows
-    once, contiguously, and reuses every row for its FC_ROWS inputs (vectorised along the M outputs).
+    runs over its k in order from 0, and out = bias + partial_0 + partial_1 + ... in chunk order. The chunks
+    and the order depend on K only, never on the batch size or the thread count, so results are
+    bit-identical however the work is split. A block of FC_ROWS inputs streams each weight row once,
+    contiguously, and reuses it for all of them (vectorised along the M outputs); inputs equal to 0 (most of
+    the ReLU features) skip their row. Few blocks (batch 1): the chunks run in parallel and are summed
+    after; many blocks: the blocks run in parallel, each summing its chunks in order.
     """
     B, K = x.shape
     M = weight.shape[1]
@@ -237,28 +257,32 @@ def fully_connected(x, weight, bias):
         raise ValueError("fully_connected: x (B, K), weight (K, M) and bias (M,) do not fit")
     n_rb = (B + FC_ROWS - 1) // FC_ROWS
     n_kc = (K + FC_KCHUNK - 1) // FC_KCHUNK
+    out = np.empty((B, M), np.float32)
+    if n_rb >= FC_PARALLEL_BLOCKS:
+        for rb in prange(n_rb):
+            r0 = rb * FC_ROWS
+            nr = min(B, r0 + FC_ROWS) - r0
+            acc = np.empty((nr, M), np.float32)
+            for r in range(nr):
+                for j in range(M):
+                    out[r0 + r, j] = bias[j]
+            for c in range(n_kc):
+                _fc_chunk(x, weight, r0, nr, c, acc)
+                for r in range(nr):
+                    for j in range(M):
+                        out[r0 + r, j] += acc[r, j]
+        return out
     part = np.empty((n_kc, B, M), np.float32)              # partial sums, one per chunk
     for t in prange(n_rb * n_kc):
         c = t % n_kc
         r0 = (t // n_kc) * FC_ROWS
-        nr = min(B, r0 + FC_ROWS) - r0
-        acc = part[c, r0:r0 + nr]
-        acc[:] = 0
-        for k in range(c * FC_KCHUNK, min(K, (c + 1) * FC_KCHUNK)):
-            wrow = weight[k]
-            for r in range(nr):
-                xv = x[r0 + r, k]
-                arow = acc[r]
-                for j in range(M):
-                    arow[j] += xv * wrow[j]
-    out = np.empty((B, M), np.float32)
+        _fc_chunk(x, weight, r0, min(B, r0 + FC_ROWS) - r0, c, part[c, r0:])
     for b in prange(B):
-        orow = out[b]
-        orow[:] = bias
+        for j in range(M):
+            out[b, j] = bias[j]
         for c in range(n_kc):
-            prow = part[c, b]
             for j in range(M):
-                orow[j] += prow[j]
+                out[b, j] += part[c, b, j]
     return out
 
 
@@ -301,3 +325,156 @@ def gate(features, attention):
         for f in range(F):
             out[b, f] = features[b, f] * attention[b, f]
     return out
+
+
+# --- the feature extractor, fused ----------------------------------------------------------------------------
+
+# patches per work item of patch_features; its conv1 takes exactly this many input channels (RGB)
+FEATURE_ITEM = 4
+CONV1_IN = 3
+
+
+@njit(cache=True)
+def _conv1_channel(xt, wcol, bias, dst, S, L, N):
+    """One output channel of conv1 on rows padded to width S: dst[n] = bias + sum over (c, di, dj) in order
+    of xt[c * L + n + di * S + dj] * wcol[(c * 3 + di) * 3 + dj], for n < N. The 27 terms are a fixed
+    unrolled sequence inside the n loop, so the sum of each output stays in a register and the n loop
+    vectorises. S, L, N are uint64: non-negative indices let the loads be plain vector loads (a signed index
+    may wrap around, which turns every load into a gather)."""
+    three = uint64(3)
+    for n in range(N):
+        acc = bias
+        for c in range(uint64(CONV1_IN)):
+            for di in range(three):
+                for dj in range(three):
+                    acc += xt[c * L + n + di * S + dj] * wcol[(c * three + di) * three + dj]
+        dst[n] = acc
+
+
+@njit(cache=True)
+def _pool1(c1, p1, S, Q1):
+    """ReLU + 2x2 max-pool of conv1 (channel-major, rows padded to width S) into p1 (C, Q1 * Q1), channel-major.
+    Each output is ReLU(max of its 4 inputs): the max of the ReLUs, as ReLU is monotone; the max of 4 finite
+    numbers does not depend on the order it is taken in (up to the sign of a zero, which ReLU removes)."""
+    zero = np.float32(0.0)
+    rowmax = np.empty(2 * Q1, np.float32)
+    for o in range(c1.shape[0]):
+        for i in range(Q1):
+            r0 = uint64(2 * i * S)
+            r1 = uint64((2 * i + 1) * S)
+            for n in range(uint64(2 * Q1)):          # the two rows, columns 0 .. 2 * Q1 - 1: contiguous
+                rowmax[n] = max(c1[o, r0 + n], c1[o, r1 + n])
+            for j in range(Q1):
+                m = max(rowmax[2 * j], rowmax[2 * j + 1])
+                p1[o, i * Q1 + j] = m if m > zero else zero
+
+
+@njit(cache=True)
+def _conv2(p1, w2f, b2, c2, Q1, S2):
+    """conv2 + bias + ReLU: c2[(i * S2 + j) * C + o] = bias + sum over (c, di, dj) in order of
+    p1[c, (i + di) * Q1 + j + dj] * w2f[((c * 3 + di) * 3 + dj) * C + o]. p1 (C, Q1 * Q1) channel-major;
+    w2f, c2 flat. For each input channel the 9 taps are a fixed unrolled sequence inside the vectorised o
+    loop, so each output is loaded and stored once per channel, not once per tap; a channel whose 9 inputs
+    are all 0 is skipped (it would add exact zeros). Offsets are uint64 so the loads are plain vector loads."""
+    C = b2.shape[0]
+    uC = uint64(C)
+    three = uint64(3)
+    xs = np.empty(9, np.float32)
+    for q in range(S2 * S2):
+        for o in range(C):
+            c2[q * C + o] = b2[o]
+    for i in range(S2):
+        for j in range(S2):
+            obase = uint64((i * S2 + j) * C)
+            for c in range(C):
+                nz = False
+                for di in range(3):
+                    for dj in range(3):
+                        v = p1[c, (i + di) * Q1 + j + dj]
+                        xs[di * 3 + dj] = v
+                        nz = nz or v != 0.0
+                if not nz:
+                    continue
+                wbase = uint64(c * 9 * C)
+                for o in range(uC):
+                    acc = c2[obase + o]
+                    for di in range(three):
+                        for dj in range(three):
+                            acc += xs[di * three + dj] * w2f[wbase + (di * three + dj) * uC + o]
+                    c2[obase + o] = acc
+    zero = np.float32(0.0)
+    for q in range(S2 * S2 * C):
+        if not c2[q] > zero:
+            c2[q] = zero
+
+
+@njit(parallel=True, cache=True)
+def patch_features(patches, w1, b1, w2, b2, wa, ba):
+    """The patch feature extractor and its attention gate in one pass per patch (spec 6):
+    conv3x3 + ReLU -> maxpool2x2 -> conv3x3 + ReLU -> maxpool2x2 -> crop_concat -> fully_connected -> sigmoid
+    -> gate, computed element by element with the same float32 operations in the same order as those
+    kernels (each convolution output: bias, then (c, di, dj) in order), so the result is bit-identical to
+    running them one after the other (the tests check it). Only the gated features leave the kernel; the
+    intermediates live in per-work-item scratch, laid out so the inner loops are long or unrolled.
+
+    patches (BP, S, S, Cin) float32, S = 14 (conv1 S-2 = 12, pool1 6, conv2 4, pool2 2);
+    w1 (3, 3, Cin, C), b1 (C,), w2 (3, 3, C, C), b2 (C,), wa (8C, 8C), ba (8C,), all finite -> (BP, 8C).
+    Changes of order that keep every result: pool1 = ReLU(max of conv1) (ReLU is monotone); inputs of conv2
+    and of the attention layer that are exactly 0 are skipped (a finite w times 0 adds nothing).
+    """
+    BP, S, S_, Cin = patches.shape
+    C = w1.shape[3]
+    F = 8 * C
+    if Cin != CONV1_IN or S != S_ or S - 2 != 2 * ((S - 2) // 2) or (S - 2) // 2 - 2 != 4 \
+            or w1.shape[:3] != (3, 3, Cin) or b1.shape[0] != C or w2.shape != (3, 3, C, C) or b2.shape[0] != C or wa.shape != (F, F) \
+            or ba.shape[0] != F:
+        raise ValueError("patch_features: patches must be (BP, 14, 14, 3), w1 (3, 3, 3, C), w2 (3, 3, C, C), "
+                         "wa (8C, 8C), with biases to match")
+    S1 = S - 2            # conv1 output side
+    Q1 = S1 // 2          # pool1 side
+    S2 = Q1 - 2           # conv2 output side (4)
+    w1t = np.ascontiguousarray(w1.transpose(3, 2, 0, 1)).reshape(C, 9 * Cin)   # [o, (c*3 + di)*3 + dj]
+    L = S * S + 2                                          # padded length of one input channel
+    w2f = np.ascontiguousarray(w2.transpose(2, 0, 1, 3)).reshape(-1)   # [((c * 3 + di) * 3 + dj) * C + o]
+    gated = np.empty((BP, F), np.float32)
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    for t in prange((BP + FEATURE_ITEM - 1) // FEATURE_ITEM):
+        # conv1 runs channel-major on rows padded to the patch width S: output n = i * S + j (j >= S1 unused)
+        # reads input n + di * S + dj of each channel
+        xt = np.zeros(Cin * L, np.float32)
+        c1 = np.empty((C, S1 * S), np.float32)
+        p1 = np.empty((C, Q1 * Q1), np.float32)
+        c2 = np.empty(S2 * S2 * C, np.float32)
+        feat = np.empty(F, np.float32)
+        part = np.empty(F, np.float32)
+        for p in range(t * FEATURE_ITEM, min(BP, (t + 1) * FEATURE_ITEM)):
+            for r in range(S):
+                for cc in range(S):
+                    for c in range(Cin):
+                        xt[c * L + r * S + cc] = patches[p, r, cc, c]
+            for o in range(C):
+                _conv1_channel(xt, w1t[o], b1[o], c1[o], uint64(S), uint64(L), uint64(S1 * S))
+            _pool1(c1, p1, S, Q1)
+            _conv2(p1, w2f, b2, c2, Q1, S2)
+            # features = [centre 2x2 of conv2, pool2], (row, col, channel)
+            for r in range(2):
+                for cc in range(2):
+                    base = (r * 2 + cc) * 2 * C
+                    q0 = 2 * r * S2 + 2 * cc
+                    for o in range(C):
+                        feat[base + o] = c2[((r + 1) * S2 + cc + 1) * C + o]
+                        feat[base + C + o] = max(max(max(c2[q0 * C + o], c2[(q0 + 1) * C + o]),
+                                                     c2[(q0 + S2) * C + o]), c2[(q0 + S2 + 1) * C + o])
+            # attention = sigmoid(bias + partial), the partial summed from 0 over k (zeros skipped); gate
+            for j in range(F):
+                part[j] = zero
+            for k in range(F):
+                xv = feat[k]
+                if xv != zero:
+                    for j in range(F):
+                        part[j] += xv * wa[k, j]
+            for j in range(F):
+                s = ba[j] + part[j]
+                gated[p, j] = feat[j] * (one / (one + np.exp(-s)))
+    return gated

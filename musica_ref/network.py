@@ -55,38 +55,47 @@ def iteration_forward(patches, h_prev, w, counter: Counter | None = None, keep: 
     """Run one iteration's network on B faces.
 
     patches (B*P, 14, 14, 3) float32, face-major then patch-order; h_prev (B, 512) float32;
-    w: dict tensor name -> float32 array (see TENSORS). counter, if given, gets the multiply-adds actually
-    performed added per layer ("conv1", "conv2", "attention", "gate", "recurrent", "output"), counted from
-    the shapes of the arrays each kernel ran on.
+    w: dict tensor name -> float32 array (see TENSORS). counter, if given, gets the network's multiply-adds
+    for these shapes added per layer ("conv1", "conv2", "attention", "gate", "recurrent", "output").
+    keep=False runs the fused feature kernel (kernels.patch_features); keep=True runs the layers one by one
+    and returns every intermediate. Both give bit-identical outputs.
     Returns (out (B, 2N+1), hidden (B, 512), intermediates dict or None).
     """
     B = h_prev.shape[0]
     BP = patches.shape[0]
     assert patches.shape[1:] == (PATCH_SIZE, PATCH_SIZE, IN_CHANNELS) and BP % B == 0
 
-    conv1 = kernels.conv3x3(patches, w["conv1/weight"], w["conv1/bias"], True)    # (BP, 12, 12, 32)
-    pool1 = kernels.maxpool2x2(conv1)                                              # (BP, 6, 6, 32)
-    conv2 = kernels.conv3x3(pool1, w["conv2/weight"], w["conv2/bias"], True)       # (BP, 4, 4, 32)
-    pool2 = kernels.maxpool2x2(conv2)                                              # (BP, 2, 2, 32)
-    features = kernels.crop_concat(conv2, pool2)                                   # (BP, 256)
-    attention = _elementwise(kernels.sigmoid, kernels.fully_connected(
-        features, w["attention/weight"], w["attention/bias"]))                     # (BP, 256)
-    gated = kernels.gate(features, attention)                                      # (BP, 256)
+    inter = None
+    if keep:    # layer by layer, every intermediate kept
+        conv1 = kernels.conv3x3(patches, w["conv1/weight"], w["conv1/bias"], True)    # (BP, 12, 12, 32)
+        pool1 = kernels.maxpool2x2(conv1)                                              # (BP, 6, 6, 32)
+        conv2 = kernels.conv3x3(pool1, w["conv2/weight"], w["conv2/bias"], True)       # (BP, 4, 4, 32)
+        pool2 = kernels.maxpool2x2(conv2)                                              # (BP, 2, 2, 32)
+        features = kernels.crop_concat(conv2, pool2)                                   # (BP, 256)
+        attention = _elementwise(kernels.sigmoid, kernels.fully_connected(
+            features, w["attention/weight"], w["attention/bias"]))                     # (BP, 256)
+        gated = kernels.gate(features, attention)                                      # (BP, 256)
+        inter = dict(conv1=conv1, pool1=pool1, conv2=conv2, pool2=pool2, features=features,
+                     attention=attention, gated=gated)
+    else:       # the same arithmetic fused per patch: bit-identical gated features, nothing else stored
+        gated = kernels.patch_features(patches, w["conv1/weight"], w["conv1/bias"], w["conv2/weight"],
+                                       w["conv2/bias"], w["attention/weight"], w["attention/bias"])
     rnn_in = np.concatenate([gated.reshape(B, -1), h_prev], axis=1)                # (B, P*256 + 512)
     hidden = _elementwise(kernels.tanh, kernels.fully_connected(
         rnn_in, w["recurrent/weight"], w["recurrent/bias"]))                       # (B, 512)
     out = kernels.fully_connected(hidden, w["output/weight"], w["output/bias"])   # (B, 2N+1)
 
     if counter is not None:
-        # multiply-adds of each kernel call, from the shapes it actually processed
-        counter["conv1"] += conv1.size * 3 * 3 * patches.shape[3]
-        counter["conv2"] += conv2.size * 3 * 3 * pool1.shape[3]
-        counter["attention"] += features.shape[0] * features.shape[1] * attention.shape[1]
+        # multiply-adds of this iteration's layers for these shapes (the dense count: the kernels skip
+        # products with an input of exactly 0, which changes no result and is not subtracted here)
+        s1 = PATCH_SIZE - 2                                 # conv1 output side
+        s2 = s1 // 2 - 2                                    # conv2 output side
+        counter["conv1"] += BP * s1 * s1 * CONV_FILTERS * 3 * 3 * IN_CHANNELS
+        counter["conv2"] += BP * s2 * s2 * CONV_FILTERS * 3 * 3 * CONV_FILTERS
+        counter["attention"] += BP * FEATURES * FEATURES
         counter["gate"] += gated.size
         counter["recurrent"] += rnn_in.shape[0] * rnn_in.shape[1] * hidden.shape[1]
         counter["output"] += hidden.shape[0] * hidden.shape[1] * out.shape[1]
-    inter = None
     if keep:
-        inter = dict(conv1=conv1, pool1=pool1, conv2=conv2, pool2=pool2, features=features,
-                     attention=attention, gated=gated, hidden=hidden, out=out)
+        inter.update(hidden=hidden, out=out)
     return out, hidden, inter

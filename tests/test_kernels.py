@@ -233,3 +233,36 @@ def test_kernels_refuse_mismatched_shapes_instead_of_reading_out_of_bounds():
     for kernel, args in cases:
         with pytest.raises(ValueError):
             kernel(*args)
+
+
+# --- the fused feature extractor ------------------------------------------------------------------------------
+
+def _features_layer_by_layer(p, w1, b1, w2, b2, wa, ba):
+    c2 = K.conv3x3(K.maxpool2x2(K.conv3x3(p, w1, b1, True)), w2, b2, True)
+    f = K.crop_concat(c2, K.maxpool2x2(c2))
+    a = K.sigmoid(K.fully_connected(f, wa, ba).reshape(-1)).reshape(f.shape)
+    return K.gate(f, a)
+
+
+@given(seed=seeds, BP=st.integers(1, 11), C=st.sampled_from([1, 4, 32]), scale=scales,
+       bias_shift=st.sampled_from([-2.0, 0.0, 1.0]))
+def test_patch_features_is_bit_identical_to_the_layers(seed, BP, C, scale, bias_shift):
+    """The fused kernel reorders nothing that changes a result: equal to the layer-by-layer kernels bit for bit,
+    also when most ReLU outputs are 0 (negative biases) and the zero-skipping matters."""
+    rng = np.random.default_rng(seed)
+    p = rnd(rng, (BP, 14, 14, 3), scale)
+    w1, w2 = rnd(rng, (3, 3, 3, C)), rnd(rng, (3, 3, C, C))
+    b1, b2 = rnd(rng, (C,)) + np.float32(bias_shift), rnd(rng, (C,)) + np.float32(bias_shift)
+    wa, ba = rnd(rng, (8 * C, 8 * C), 0.1), rnd(rng, (8 * C,))
+    got = K.patch_features(p, w1, b1, w2, b2, wa, ba)
+    np.testing.assert_array_equal(got, _features_layer_by_layer(p, w1, b1, w2, b2, wa, ba))
+
+
+def test_patch_features_rejects_wrong_shapes():
+    rng = np.random.default_rng(0)
+    w1, w2, wa = rnd(rng, (3, 3, 3, 4)), rnd(rng, (3, 3, 4, 4)), rnd(rng, (32, 32))
+    b, ba = rnd(rng, (4,)), rnd(rng, (32,))
+    with pytest.raises(ValueError, match="patch_features"):
+        K.patch_features(rnd(rng, (2, 12, 12, 3)), w1, b, w2, b, wa, ba)       # 12x12 patches
+    with pytest.raises(ValueError, match="patch_features"):
+        K.patch_features(rnd(rng, (2, 14, 14, 3)), w1, b, w2, b, wa[:16], ba)  # attention too small

@@ -101,6 +101,17 @@ def test_batch_equals_single_and_threads_do_not_matter(seed, n, ts_q):
         _same(s, b), _same(s, o), _same(s, t)
 
 
+@given(seed=st.integers(0, 10**6), variant=st.sampled_from(["musica68", "musica19"]))
+def test_fused_path_equals_the_traced_layers(seed, variant):
+    """predict runs the fused feature kernel, trace the layers one by one: same bits."""
+    model = random_model(variant, 1)
+    rng = np.random.default_rng(seed)
+    img = face_image(seed, 190, 210)
+    x, y, w = rng.uniform(-10, 120), rng.uniform(-10, 100), rng.uniform(40, 140)
+    traced, _ = model.trace(img, (x, y, x + w, y + w))
+    _same(model.predict(img, (x, y, x + w, y + w)), traced)
+
+
 def test_early_exit_rules():
     model = random_model("musica68", 0)
     img = face_image(3, 180, 200)

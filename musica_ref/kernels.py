@@ -425,9 +425,8 @@ def patch_features(patches, w1, b1, w2, b2, wa, ba):
     BP, S, S_, Cin = patches.shape
     C = w1.shape[3]
     F = 8 * C
-    if Cin != CONV1_IN or S != S_ or S - 2 != 2 * ((S - 2) // 2) or (S - 2) // 2 - 2 != 4 \
-            or w1.shape[:3] != (3, 3, Cin) or b1.shape[0] != C or w2.shape != (3, 3, C, C) or b2.shape[0] != C or wa.shape != (F, F) \
-            or ba.shape[0] != F:
+    if Cin != CONV1_IN or S != 14 or S_ != 14 or w1.shape[:3] != (3, 3, Cin) or b1.shape[0] != C \
+            or w2.shape != (3, 3, C, C) or b2.shape[0] != C or wa.shape != (F, F) or ba.shape[0] != F:
         raise ValueError("patch_features: patches must be (BP, 14, 14, 3), w1 (3, 3, 3, C), w2 (3, 3, C, C), "
                          "wa (8C, 8C), with biases to match")
     S1 = S - 2            # conv1 output side

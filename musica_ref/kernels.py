@@ -76,7 +76,8 @@ def resample(image, origin_x, origin_y, step, out_h, out_w):
 
     image (H, W, C) uint8 or float32; output pixel (r, c) is centred at source
     (origin_x + step * c, origin_y + step * r); returns (out_h, out_w, C) float32.
-    Separable: a horizontal pass over the source rows that matter, then a vertical pass.
+    Separable, one output row at a time: a vertical pass blends the source rows under it (contiguous
+    multiply-adds along the columns that matter, which vectorise), then a horizontal pass.
     Accumulator: float64.
     """
     H, W, C = image.shape
@@ -86,31 +87,44 @@ def resample(image, origin_x, origin_y, step, out_h, out_w):
     fy, wy = _axis_taps(origin_y, step, out_h, H)
     Tx, Ty = wx.shape[1], wy.shape[1]
     out = np.zeros((out_h, out_w, C), np.float32)
-    r_lo = max(0, fy[0])
-    r_hi = min(H - 1, fy[out_h - 1] + Ty - 1)
-    if r_hi < r_lo:
+    c_lo = max(0, fx[0])
+    c_hi = min(W - 1, fx[out_w - 1] + Tx - 1)
+    if c_hi < c_lo:
         return out
-    n_rows = r_hi - r_lo + 1
-    tmp = np.zeros((n_rows, out_w, C), np.float64)
-    for rr in prange(n_rows):
-        r = r_lo + rr
-        for c in range(out_w):
-            for t in range(Tx):
-                wt = wx[c, t]
-                if wt != 0.0:
-                    k = fx[c] + t
-                    for ch in range(C):
-                        tmp[rr, c, ch] += wt * image[r, k, ch]
+    n = (c_hi - c_lo + 1) * C                       # the source values of one row that any output uses
+    rows = np.ascontiguousarray(image).reshape(H, W * C)
     for r in prange(out_h):
+        blend = np.zeros(n, np.float64)
+        for t in range(Ty):
+            wt = wy[r, t]
+            if wt != 0.0:                            # taps outside the image have weight 0
+                src = rows[fy[r] + t, c_lo * C:c_lo * C + n]
+                for k in range(n):
+                    blend[k] += wt * src[k]
         for c in range(out_w):
             for ch in range(C):
                 acc = 0.0
-                for t in range(Ty):
-                    wt = wy[r, t]
+                for t in range(Tx):
+                    wt = wx[c, t]
                     if wt != 0.0:
-                        acc += wt * tmp[fy[r] + t - r_lo, c, ch]
+                        acc += wt * blend[(fx[c] + t - c_lo) * C + ch]
                 out[r, c, ch] = acc
     return out
+
+
+@njit(cache=True)
+def mean_std(x):
+    """Mean and population standard deviation of a flat array, in float64, two passes in index order."""
+    n = x.size
+    total = 0.0
+    for i in range(n):
+        total += x[i]
+    mean = total / n
+    ss = 0.0
+    for i in range(n):
+        d = x[i] - mean
+        ss += d * d
+    return mean, math.sqrt(ss / n)
 
 
 @njit(cache=True)
@@ -124,7 +138,7 @@ def normalise_levels(levels_flat, mean, std):
 
 # --- patches --------------------------------------------------------------------------------------------------
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def extract_patches(level, corners, size):
     """Nearest-pixel patches, zeros outside the image.
 
@@ -135,7 +149,7 @@ def extract_patches(level, corners, size):
     if corners.shape[1] != 2:
         raise ValueError("extract_patches: corners must be (P, 2)")
     out = np.zeros((P, size, size, C), np.float32)
-    for p in prange(P):
+    for p in range(P):                     # serial: a face's patches are too little work to share out
         c0, r0 = corners[p, 0], corners[p, 1]
         for i in range(size):
             r = r0 + i
@@ -226,7 +240,8 @@ def crop_concat(conv2, pool2):
 @njit(cache=True)
 def _fc_chunk(x, weight, r0, nr, c, acc):
     """acc[r] = sum over k of chunk c (in order) of x[r0 + r, k] * weight[k], starting from 0; inputs that are
-    exactly 0 are skipped (adding 0 * w, w finite, leaves every partial sum as it is, bit for bit)."""
+    exactly 0 are skipped (adding 0 * w, w finite, leaves every partial sum as it is, bit for bit).
+    weight is float32, or int8 (converted to float32 exactly)."""
     K, M = weight.shape
     for r in range(nr):
         for j in range(M):
@@ -236,10 +251,53 @@ def _fc_chunk(x, weight, r0, nr, c, acc):
             xv = x[r0 + r, k]
             if xv != 0.0:
                 for j in range(M):
-                    acc[r, j] += xv * weight[k, j]
+                    acc[r, j] += xv * np.float32(weight[k, j])
 
 
 @njit(parallel=True, cache=True)
+def _fully_connected(x, weight, bias, scale, scaled):
+    """fully_connected (scaled=False: scale unused) and fully_connected_scaled (scaled=True)."""
+    B, K = x.shape
+    M = weight.shape[1]
+    if weight.shape[0] != K or bias.shape[0] != M or (scaled and scale.shape[0] != M):
+        raise ValueError("fully_connected: x (B, K), weight (K, M), bias (M,) and scale (M,) do not fit")
+    n_rb = (B + FC_ROWS - 1) // FC_ROWS
+    n_kc = (K + FC_KCHUNK - 1) // FC_KCHUNK
+    start = np.zeros(M, np.float32) if scaled else bias       # the sum of the chunks starts here
+    out = np.empty((B, M), np.float32)
+    if n_rb >= FC_PARALLEL_BLOCKS:
+        for rb in prange(n_rb):
+            r0 = rb * FC_ROWS
+            nr = min(B, r0 + FC_ROWS) - r0
+            acc = np.empty((nr, M), np.float32)
+            for r in range(nr):
+                for j in range(M):
+                    out[r0 + r, j] = start[j]
+            for c in range(n_kc):
+                _fc_chunk(x, weight, r0, nr, c, acc)
+                for r in range(nr):
+                    for j in range(M):
+                        out[r0 + r, j] += acc[r, j]
+    else:
+        part = np.empty((n_kc, B, M), np.float32)          # partial sums, one per chunk
+        for t in prange(n_rb * n_kc):
+            c = t % n_kc
+            r0 = (t // n_kc) * FC_ROWS
+            _fc_chunk(x, weight, r0, min(B, r0 + FC_ROWS) - r0, c, part[c, r0:])
+        for b in prange(B):
+            for j in range(M):
+                out[b, j] = start[j]
+            for c in range(n_kc):
+                for j in range(M):
+                    out[b, j] += part[c, b, j]
+    if scaled:
+        for b in range(B):
+            for j in range(M):
+                out[b, j] = bias[j] + scale[j] * out[b, j]
+    return out
+
+
+@njit(cache=True)
 def fully_connected(x, weight, bias):
     """out = x @ weight + bias, batched. x (B, K) float32; weight (K, M), finite; bias (M,) -> (B, M) float32.
 
@@ -251,39 +309,17 @@ def fully_connected(x, weight, bias):
     the ReLU features) skip their row. Few blocks (batch 1): the chunks run in parallel and are summed
     after; many blocks: the blocks run in parallel, each summing its chunks in order.
     """
-    B, K = x.shape
-    M = weight.shape[1]
-    if weight.shape[0] != K or bias.shape[0] != M:
-        raise ValueError("fully_connected: x (B, K), weight (K, M) and bias (M,) do not fit")
-    n_rb = (B + FC_ROWS - 1) // FC_ROWS
-    n_kc = (K + FC_KCHUNK - 1) // FC_KCHUNK
-    out = np.empty((B, M), np.float32)
-    if n_rb >= FC_PARALLEL_BLOCKS:
-        for rb in prange(n_rb):
-            r0 = rb * FC_ROWS
-            nr = min(B, r0 + FC_ROWS) - r0
-            acc = np.empty((nr, M), np.float32)
-            for r in range(nr):
-                for j in range(M):
-                    out[r0 + r, j] = bias[j]
-            for c in range(n_kc):
-                _fc_chunk(x, weight, r0, nr, c, acc)
-                for r in range(nr):
-                    for j in range(M):
-                        out[r0 + r, j] += acc[r, j]
-        return out
-    part = np.empty((n_kc, B, M), np.float32)              # partial sums, one per chunk
-    for t in prange(n_rb * n_kc):
-        c = t % n_kc
-        r0 = (t // n_kc) * FC_ROWS
-        _fc_chunk(x, weight, r0, min(B, r0 + FC_ROWS) - r0, c, part[c, r0:])
-    for b in prange(B):
-        for j in range(M):
-            out[b, j] = bias[j]
-        for c in range(n_kc):
-            for j in range(M):
-                out[b, j] += part[c, b, j]
-    return out
+    return _fully_connected(x, weight, bias, bias, False)
+
+
+@njit(cache=True)
+def fully_connected_scaled(x, qweight, scale, bias):
+    """out = bias + scale * (x @ qweight): a fully connected layer whose weights are stored as int8 with one
+    float32 scale per output (weight[:, j] ~ scale[j] * qweight[:, j]). x (B, K) float32; qweight (K, M)
+    int8; scale, bias (M,) float32 -> (B, M) float32. The same chunks, order and batch invariance as
+    fully_connected; the sum of the chunks starts from 0 and is scaled once at the end.
+    """
+    return _fully_connected(x, qweight, bias, scale, True)
 
 
 @njit(cache=True)

@@ -128,6 +128,12 @@ def fully_connected(x, weight, bias) -> np.ndarray:
     return x @ weight + bias
 
 
+def fully_connected_scaled(x, qweight, scale, bias) -> np.ndarray:
+    """out = bias + scale * (x @ qweight): weights stored as integers with one scale per output.
+    x (B, K); qweight (K, M); scale, bias (M,) -> (B, M)."""
+    return bias + scale * (x @ qweight)
+
+
 def relu(x) -> np.ndarray:
     """max(x, 0), elementwise."""
     return np.maximum(x, 0)

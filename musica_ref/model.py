@@ -28,6 +28,7 @@ from .errors import InputError
 from .io import as_rgb
 from .network import HIDDEN, iteration_forward
 from .pyramid import build_pyramid
+from .quantize import with_precision
 from .weights import Weights, load_weights
 
 # predict_batch runs at most this many faces at once (their pyramids are about 0.8 MB each)
@@ -73,15 +74,18 @@ class MuSiCa:
     """A loaded MuSiCa model. `MuSiCa.load(path)` reads a weights file; `predict` runs one face and
     `predict_batch` many."""
 
-    def __init__(self, weights: Weights):
-        self.weights = weights
+    def __init__(self, weights: Weights, recurrent: str = "float32"):
+        """recurrent: "float32" (the reference) or "int8" (the recurrent layers stored as int8 with a scale
+        per output unit, a quarter of the bytes; see quantize.py)."""
+        self.weights = with_precision(weights, recurrent)
+        self.recurrent = recurrent
         self.n_landmarks = weights.n_landmarks
         self.patch_indices = weights.patch_indices
         self.mean_shape = weights.mean_shape
 
     @classmethod
-    def load(cls, path) -> "MuSiCa":
-        return cls(load_weights(path))
+    def load(cls, path, recurrent: str = "float32") -> "MuSiCa":
+        return cls(load_weights(path), recurrent=recurrent)
 
     def predict(self, image, box, ts: float = 0.0, tf: float = math.inf) -> Result:
         """Landmarks of the face in `box` (x0, y0, x1, y1) of `image` (H, W, 3) RGB.

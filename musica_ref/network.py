@@ -55,7 +55,8 @@ def iteration_forward(patches, h_prev, w, counter: Counter | None = None, keep: 
     """Run one iteration's network on B faces.
 
     patches (B*P, 14, 14, 3) float32, face-major then patch-order; h_prev (B, 512) float32;
-    w: dict tensor name -> float32 array (see TENSORS). counter, if given, gets the network's multiply-adds
+    w: dict tensor name -> float32 array (see TENSORS; with "recurrent/scale" the recurrent weight is int8,
+    see quantize.py). counter, if given, gets the network's multiply-adds
     for these shapes added per layer ("conv1", "conv2", "attention", "gate", "recurrent", "output").
     keep=False runs the fused feature kernel (kernels.patch_features); keep=True runs the layers one by one
     and returns every intermediate. Both give bit-identical outputs.
@@ -81,8 +82,12 @@ def iteration_forward(patches, h_prev, w, counter: Counter | None = None, keep: 
         gated = kernels.patch_features(patches, w["conv1/weight"], w["conv1/bias"], w["conv2/weight"],
                                        w["conv2/bias"], w["attention/weight"], w["attention/bias"])
     rnn_in = np.concatenate([gated.reshape(B, -1), h_prev], axis=1)                # (B, P*256 + 512)
-    hidden = _elementwise(kernels.tanh, kernels.fully_connected(
-        rnn_in, w["recurrent/weight"], w["recurrent/bias"]))                       # (B, 512)
+    if "recurrent/scale" in w:      # int8 storage (quantize.py)
+        pre = kernels.fully_connected_scaled(rnn_in, w["recurrent/weight"], w["recurrent/scale"],
+                                             w["recurrent/bias"])
+    else:
+        pre = kernels.fully_connected(rnn_in, w["recurrent/weight"], w["recurrent/bias"])
+    hidden = _elementwise(kernels.tanh, pre)                                       # (B, 512)
     out = kernels.fully_connected(hidden, w["output/weight"], w["output/bias"])   # (B, 2N+1)
 
     if counter is not None:

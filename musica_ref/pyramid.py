@@ -13,9 +13,8 @@ def normalisation(level0) -> tuple[float, float]:
 
     A constant level (std 0) gets std 1, so it normalises to all zeros instead of NaN.
     """
-    x = np.asarray(level0, dtype=np.float64)
-    mean, std = float(x.mean()), float(x.std())
-    return mean, (std if std > 0.0 else 1.0)
+    mean, std = kernels.mean_std(np.ascontiguousarray(level0).reshape(-1))
+    return float(mean), (float(std) if std > 0.0 else 1.0)
 
 
 def build_pyramid(image, frame: FaceFrame) -> list[np.ndarray]:

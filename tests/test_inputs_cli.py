@@ -161,7 +161,7 @@ def test_cli_refuses_to_overwrite_inputs(capsys, tmp_path, weights_file):
 def test_cli_weights_errors(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv(cli.WEIGHTS_ENV, raising=False)
     code, _, err = run(capsys, "predict", EXAMPLE, "--box", "92,112,228,236")
-    assert code == 2 and "random-weights" in err
+    assert code == 2 and "weights/musica68.h5" in err
     code, _, err = run(capsys, "predict", EXAMPLE, "--box", "92,112,228,236", "--weights", EXAMPLE)
     assert code == 2 and "not an HDF5 file" in err
     code, _, err = run(capsys, "info", tmp_path / "none.h5")

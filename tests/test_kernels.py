@@ -266,3 +266,39 @@ def test_patch_features_rejects_wrong_shapes():
         K.patch_features(rnd(rng, (2, 12, 12, 3)), w1, b, w2, b, wa, ba)       # 12x12 patches
     with pytest.raises(ValueError, match="patch_features"):
         K.patch_features(rnd(rng, (2, 14, 14, 3)), w1, b, w2, b, wa[:16], ba)  # attention too small
+
+
+# --- int8 recurrent weights ------------------------------------------------------------------------------------
+
+@given(seed=seeds, B=st.integers(1, 40), Kn=st.integers(1, 600), M=st.integers(1, 70), scale=scales)
+def test_fully_connected_scaled_matches_twin(seed, B, Kn, M, scale):
+    rng = np.random.default_rng(seed)
+    x, b = rnd(rng, (B, Kn), scale), rnd(rng, (M,))
+    q = rng.integers(-127, 128, (Kn, M)).astype(np.int8)
+    s = (rng.random(M) * 0.01).astype(np.float32)
+    got = K.fully_connected_scaled(x, q, s, b)
+    ref = R.fully_connected_scaled(x.astype(np.float64), q.astype(np.float64), s.astype(np.float64),
+                                   b.astype(np.float64))
+    # the integer sum carries the n * eps bound; scaling and adding the bias round twice more
+    dot = np.abs(x).astype(np.float64) @ np.abs(q.astype(np.float64))
+    bound = (Kn + 2) * EPS32 * (s * dot + np.abs(b)) + 1e-30
+    assert got.dtype == np.float32
+    assert_within(got, ref, bound, "fully_connected_scaled")
+    for i in (0, B - 1):                                     # a row alone = the same row in the batch
+        np.testing.assert_array_equal(K.fully_connected_scaled(x[i:i + 1], q, s, b)[0], got[i])
+
+
+def test_fully_connected_scaled_rejects_wrong_scale():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="scale"):
+        K.fully_connected_scaled(rnd(rng, (2, 5)), np.zeros((5, 3), np.int8), np.ones(2, np.float32),
+                                 np.zeros(3, np.float32))
+
+
+@given(seed=seeds, n=st.integers(1, 3000), offset=st.sampled_from([0.0, 100.0, -3e4]))
+def test_mean_std_matches_numpy(seed, n, offset):
+    x = (np.random.default_rng(seed).standard_normal(n) * 7 + offset).astype(np.float32)
+    mean, std = K.mean_std(x)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x64.mean(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(std, x64.std(), rtol=1e-9, atol=1e-12 * max(1.0, abs(offset)))

@@ -1,0 +1,48 @@
+"""int8 storage of the recurrent layers: the rounding, the model path, and what it leaves alone."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import musica_ref as m
+from musica_ref.quantize import quantize_int8, with_precision
+
+from conftest import EXAMPLE_BOX, random_model
+
+
+@given(seed=st.integers(0, 2**32 - 1), K=st.integers(1, 50), M=st.integers(1, 20),
+       scale=st.sampled_from([1e-4, 1.0, 1e3]))
+def test_int8_rounding_is_within_half_a_step(seed, K, M, scale):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((K, M)) * scale).astype(np.float32)
+    w[:, rng.random(M) < 0.2] = 0                      # some all-zero columns
+    q, s = quantize_int8(w)
+    assert q.dtype == np.int8 and s.dtype == np.float32 and q.shape == w.shape and s.shape == (M,)
+    assert np.abs(q.astype(int)).max(initial=0) <= 127
+    err = np.abs(q * s.astype(np.float64) - w)
+    assert np.all(err <= 0.5 * s * (1 + 1e-6) + 1e-30)
+    peak = np.abs(w).max(axis=0)
+    assert np.all(np.abs(q).max(axis=0)[peak > 0] == 127)  # every non-zero column uses the full range
+
+
+def test_int8_model_is_close_and_leaves_the_weights_alone():
+    model = random_model("musica19", 0)
+    before = {k: v.copy() for k, v in model.weights.iterations[0].items()}
+    q = m.MuSiCa(model.weights, recurrent="int8")
+    assert q.recurrent == "int8" and q.weights.iterations[0]["recurrent/weight"].dtype == np.int8
+    for k, v in before.items():                       # the float32 model is untouched
+        np.testing.assert_array_equal(model.weights.iterations[0][k], v)
+    img = np.random.default_rng(0).integers(0, 255, (220, 220, 3), dtype=np.uint8)
+    a, b = model.predict(img, EXAMPLE_BOX), q.predict(img, EXAMPLE_BOX)
+    assert a.multiply_adds == b.multiply_adds
+    # a random model moves points by tens of pixels; int8 moves them by a small fraction of that
+    moved = np.abs(b.landmarks - a.landmarks).max()
+    assert moved < 0.05 * np.abs(a.landmarks - a.history[0]).max() + 0.5
+    single = q.predict(img, EXAMPLE_BOX)
+    batch = q.predict_batch(img, [EXAMPLE_BOX, (60, 70, 180, 190)])[0]
+    np.testing.assert_array_equal(single.landmarks, batch.landmarks)
+
+
+def test_bad_precision():
+    with pytest.raises(m.InputError, match="precision"):
+        with_precision(random_model("musica19", 0).weights, "float8")

@@ -83,14 +83,16 @@ def main(argv=None):
     ap.add_argument("--tf", type=float, default=math.inf)
     ap.add_argument("--limit", type=int)
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--int8", action="store_true", help="recurrent layers stored as int8 (musica_ref/quantize.py)")
     ap.add_argument("--csv", help="per-face results")
     ap.add_argument("--ced", help="CED curve PNG")
     a = ap.parse_args(argv)
-    model = m.MuSiCa.load(a.weights)
+    model = m.MuSiCa.load(a.weights, recurrent="int8" if a.int8 else "float32")
     faces = FaceSet(a.data, a.limit)
     preds, its, macs, est, sec = predict_all(model, faces, a.method, a.ts, a.tf, a.batch)
     nme = summarise(faces, preds)
-    name = f"{a.method} ({Path(a.weights).name})" if a.method == "musica" else "mean shape in the box"
+    name = f"{a.method} ({Path(a.weights).name}{', int8 recurrent' if a.int8 else ''})" if a.method == "musica" \
+        else "mean shape in the box"
     print(f"{name} on {Path(a.data).name}: {len(faces)} faces; {platform.processor() or platform.machine()}")
     print(f"  NME_box {nanmean(nme['box']) * 100:.3f}%   NME_io {nanmean(nme['io']) * 100:.3f}% "
           f"({np.sum(~np.isnan(nme['io']))} faces with both eye corners)   NME_ip {nanmean(nme['ip']) * 100:.3f}% "

@@ -25,11 +25,14 @@ QUANTIZED = ("recurrent/weight",)        # the tensors that `int8` stores as int
 
 def quantize_int8(weight) -> tuple[np.ndarray, np.ndarray]:
     """weight (K, M) float -> (q (K, M) int8, scale (M,) float32) with weight ~ q * scale, per column."""
-    w = np.asarray(weight, dtype=np.float64)
-    peak = np.abs(w).max(axis=0)
+    w = np.asarray(weight)
+    peak = np.abs(w).max(axis=0).astype(np.float64)
     scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scale.astype(np.float64)), -127, 127).astype(np.int8)
-    return np.ascontiguousarray(q), scale
+    q = np.empty(w.shape, np.int8)
+    for k in range(0, w.shape[0], 1024):             # in row blocks: no full-size float64 temporary
+        block = w[k:k + 1024].astype(np.float64) / scale.astype(np.float64)
+        q[k:k + 1024] = np.clip(np.rint(block), -127, 127)
+    return q, scale
 
 
 def with_precision(weights, precision: str):

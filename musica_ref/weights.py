@@ -205,7 +205,9 @@ def _read(f, path) -> Weights:
         for tname in TENSORS:
             if tname not in grp:
                 raise WeightsError(f"tensor iteration_{i}/{tname} is missing")
-            it[tname] = grp[tname][()]
+            a = grp[tname][()]
+            # float16 files: widen tensor by tensor, so the whole half-size copy never coexists with the result
+            it[tname] = a.astype(np.float32) if a.dtype == np.float16 else a
         its.append(it)
     prov = {}
     if "provenance" in f:

@@ -19,8 +19,9 @@ from numba import njit, prange, uint64
 # weight row for FC_ROWS inputs of the batch.
 FC_ROWS = 8
 FC_KCHUNK = 256
-# with at least this many blocks of FC_ROWS inputs, fully_connected runs the blocks in parallel, else the chunks
-FC_PARALLEL_BLOCKS = 4
+# with at least two groups of FC_GROUP_BLOCKS blocks of FC_ROWS inputs, fully_connected runs the groups in
+# parallel, else the chunks
+FC_GROUP_BLOCKS = 4
 
 
 # --- image resampling ---------------------------------------------------------------------------------------
@@ -265,19 +266,23 @@ def _fully_connected(x, weight, bias, scale, scaled):
     n_kc = (K + FC_KCHUNK - 1) // FC_KCHUNK
     start = np.zeros(M, np.float32) if scaled else bias       # the sum of the chunks starts here
     out = np.empty((B, M), np.float32)
-    if n_rb >= FC_PARALLEL_BLOCKS:
-        for rb in prange(n_rb):
-            r0 = rb * FC_ROWS
-            nr = min(B, r0 + FC_ROWS) - r0
-            acc = np.empty((nr, M), np.float32)
-            for r in range(nr):
+    n_groups = (n_rb + FC_GROUP_BLOCKS - 1) // FC_GROUP_BLOCKS
+    if n_groups >= 2:
+        # groups of FC_GROUP_BLOCKS blocks in parallel; a group runs its blocks chunk by chunk, so the chunk's
+        # weights come from memory once per group and from the cache for its other blocks
+        acc = np.empty((n_rb, FC_ROWS, M), np.float32)
+        for g in prange(n_groups):
+            for b in range(g * FC_GROUP_BLOCKS * FC_ROWS, min(B, (g + 1) * FC_GROUP_BLOCKS * FC_ROWS)):
                 for j in range(M):
-                    out[r0 + r, j] = start[j]
+                    out[b, j] = start[j]
             for c in range(n_kc):
-                _fc_chunk(x, weight, r0, nr, c, acc)
-                for r in range(nr):
-                    for j in range(M):
-                        out[r0 + r, j] += acc[r, j]
+                for rb in range(g * FC_GROUP_BLOCKS, min(n_rb, (g + 1) * FC_GROUP_BLOCKS)):
+                    r0 = rb * FC_ROWS
+                    nr = min(B, r0 + FC_ROWS) - r0
+                    _fc_chunk(x, weight, r0, nr, c, acc[rb])
+                    for r in range(nr):
+                        for j in range(M):
+                            out[r0 + r, j] += acc[rb, r, j]
     else:
         part = np.empty((n_kc, B, M), np.float32)          # partial sums, one per chunk
         for t in prange(n_rb * n_kc):
@@ -306,8 +311,9 @@ def fully_connected(x, weight, bias):
     and the order depend on K only, never on the batch size or the thread count, so results are
     bit-identical however the work is split. A block of FC_ROWS inputs streams each weight row once,
     contiguously, and reuses it for all of them (vectorised along the M outputs); inputs equal to 0 (most of
-    the ReLU features) skip their row. Few blocks (batch 1): the chunks run in parallel and are summed
-    after; many blocks: the blocks run in parallel, each summing its chunks in order.
+    the ReLU features) skip their row. Small batches: the chunks run in parallel and are summed after;
+    from two groups of FC_GROUP_BLOCKS blocks up, the groups run in parallel, each adding its chunks in
+    order, one chunk at a time for all its blocks (the chunk's weights stay in cache between blocks).
     """
     return _fully_connected(x, weight, bias, bias, False)
 

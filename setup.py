@@ -17,6 +17,8 @@ setup(
         "train": ["torch>=2.3,<2.15"],
         # tools/compare_dlib.py: dlib's ERT shape predictor and its 68-point model file
         "compare": ["dlib-bin", "face-recognition-models"],
+        # tools/bench.py's ONNX Runtime baseline (with "train" for PyTorch, which exports the network)
+        "bench": ["onnx", "onnxruntime", "onnxscript"],
     },
     entry_points={"console_scripts": ["musica-ref=musica_ref.cli:main"]},
     license="MIT",

@@ -1,7 +1,7 @@
 """Speed of the Numba engine beside PyTorch (eager, TorchScript) and ONNX Runtime on the same network, with
 this machine's measured floors. One run, interleaved rounds, medians after warm-up.
 
-    pip install torch==2.13.0 && pip install ".[train]" onnx onnxruntime onnxscript   # optional baselines
+    pip install torch==2.13.0 && pip install ".[train,bench]"        # optional baselines
     python tools/bench.py [--weights FILE] [--variant musica68] [--rounds 15]
 
 Cases (batch 1 and batch B, 1 and 2 threads):

@@ -117,6 +117,10 @@ def test_warm_start_from_exported_weights(tmp_path, capsys):
     run_train(folder, tmp_path / "a.h5", "--epochs", "1")
     run_train(folder, tmp_path / "b.h5", "--epochs", "1", "--init", str(tmp_path / "a.h5"))
     assert "warm start from" in capsys.readouterr().out
+    a, b = m.load_weights(tmp_path / "a.h5").provenance, m.load_weights(tmp_path / "b.h5").provenance
+    assert a["warm_start"] == "none" and str(tmp_path / "a.h5") in b["warm_start"]
+    assert (b["epochs"], b["total_epochs"], b["total_steps"]) == (1, 2, a["steps"] + b["steps"])
+    assert b["total_training_minutes"] >= a["training_minutes"] >= 0
 
 
 def test_a_budget_cut_inside_an_epoch_changes_nothing(tmp_path, capsys):

@@ -178,6 +178,9 @@ def main(argv=None):
                 so = ort.SessionOptions()
                 so.intra_op_num_threads = th
                 so.inter_op_num_threads = 1
+                # ONNX Runtime's pool spins after each run by default, which would steal the cores from the
+                # next case of the interleaved rounds; the other pools here wait passively too
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 sessions[th] = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
             for B, pat in ((1, patches1), (a.batch, patchesB)):
                 feed = {"p0": pat[0], "p1": pat[1], "p2": pat[2]}

@@ -208,18 +208,28 @@ def main(argv=None):
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     ema = EMA(model, a.ema)
     epoch, step, history = 0, 0, []
+    trained_s = 0.0                                # seconds spent in completed epochs (validation included)
+    # the training before this run's epoch 0 (a warm start), carried into the exported provenance
+    before = {"from": "none", "epochs": 0, "steps": 0, "minutes": 0.0}
     if a.resume and os.path.exists(ckpt_path):
         st = torch.load(ckpt_path, map_location=device, weights_only=True)
         model.load_state_dict(st["model"])
         ema.model.load_state_dict(st["ema"])
         opt.load_state_dict(st["optimizer"])
         epoch, step, history = st["epoch"], st["step"], json.loads(st["history"])
+        trained_s = float(st.get("trained_s", 0.0))
+        before = json.loads(st.get("before", json.dumps(before)))
         print(f"resumed from {ckpt_path}: epoch {epoch}, step {step}", flush=True)
     elif a.init:
         w = m.load_weights(a.init)
         load_into(model, w)
         load_into(ema.model, w)
-        print(f"warm start from {a.init} ({w.provenance.get('epochs', '?')} epochs before)", flush=True)
+        p = w.provenance
+        before = {"from": f"{a.init} (git commit {p.get('git_commit', '?')})",
+                  "epochs": int(p.get("total_epochs", p.get("epochs", 0))),
+                  "steps": int(p.get("total_steps", p.get("steps", 0))),
+                  "minutes": float(p.get("total_training_minutes", p.get("training_minutes", 0.0)))}
+        print(f"warm start from {a.init} ({before['epochs']} epochs before)", flush=True)
     model.mean_shape.copy_(torch.as_tensor(mean))
     ema.model.mean_shape.copy_(torch.as_tensor(mean))
     val_faces = D.FaceSet(a.val) if a.val else None
@@ -227,7 +237,8 @@ def main(argv=None):
 
     def save_state():
         torch.save({"model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": opt.state_dict(),
-                    "epoch": epoch, "step": step, "history": json.dumps(history)}, ckpt_path + ".tmp")
+                    "epoch": epoch, "step": step, "history": json.dumps(history), "trained_s": trained_s,
+                    "before": json.dumps(before)}, ckpt_path + ".tmp")
         os.replace(ckpt_path + ".tmp", ckpt_path)
 
     def export(val_nme):
@@ -238,7 +249,11 @@ def main(argv=None):
                 "validation_faces": min(a.val_faces, len(val_faces)) if val_faces else 0,
                 "gdb_components": -1 if K is None else K, "augmentation": json.dumps(vars(aug)),
                 "dead_zone": a.dead_zone, "ema_decay": a.ema, "git_commit": git_commit(),
-                "trainer": "tools/train.py", "exported": time.strftime("%Y-%m-%d %H:%M:%S")}
+                "trainer": "tools/train.py", "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "lr": a.lr, "lr_steps": a.lr_steps, "training_minutes": round(trained_s / 60, 1),
+                "warm_start": before["from"], "total_epochs": before["epochs"] + epoch,
+                "total_steps": before["steps"] + step,
+                "total_training_minutes": round(before["minutes"] + trained_s / 60, 1)}
         tmp = a.out + ".tmp"
         m.save_weights(tmp, to_weights(ema.model.cpu(), prov), dtype=np.float16 if a.float16 else np.float32)
         ema.model.to(device)
@@ -296,6 +311,7 @@ def main(argv=None):
                   f"{', '.join(f'{x:.4f}' for x in vn)} (EMA weights, {min(a.val_faces, len(val_faces))} faces)",
                   flush=True)
         history.append(rec)
+        trained_s += time.time() - t_ep
         with open(log_path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
         save_state()

@@ -1,4 +1,6 @@
 """The weights file, format version 1: round trip, and one test per failure mode of the loader."""
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -174,3 +176,14 @@ def test_no_pickle_anywhere():
     for py in src.glob("*.py"):
         text = py.read_text()
         assert "import pickle" not in text and "allow_pickle=True" not in text, py
+
+
+def test_every_shipped_weights_file_loads_with_its_provenance():
+    shipped = sorted((Path(__file__).resolve().parent.parent / "weights").glob("*.h5"))
+    assert shipped, "weights/ holds no .h5 file"
+    for path in shipped:
+        w = m.load_weights(path)
+        assert path.stem == w.variant.name
+        for key in ("data", "data_terms", "epochs", "steps", "validation_nme_io", "git_commit"):
+            assert key in w.provenance, f"{path.name}: provenance lacks {key!r}"
+        assert "non-commercial" in w.provenance["data_terms"]

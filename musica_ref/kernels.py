@@ -260,8 +260,10 @@ def _fully_connected(x, weight, bias, scale, scaled):
     """fully_connected (scaled=False: scale unused) and fully_connected_scaled (scaled=True)."""
     B, K = x.shape
     M = weight.shape[1]
-    if weight.shape[0] != K or bias.shape[0] != M or (scaled and scale.shape[0] != M):
-        raise ValueError("fully_connected: x (B, K), weight (K, M), bias (M,) and scale (M,) do not fit")
+    if weight.shape[0] != K or bias.shape[0] != M:
+        raise ValueError("fully_connected: x (B, K), weight (K, M) and bias (M,) do not fit")
+    if scaled and scale.shape[0] != M:
+        raise ValueError("fully_connected_scaled: scale must be (M,), one per output")
     n_rb = (B + FC_ROWS - 1) // FC_ROWS
     n_kc = (K + FC_KCHUNK - 1) // FC_KCHUNK
     start = np.zeros(M, np.float32) if scaled else bias       # the sum of the chunks starts here

@@ -14,8 +14,8 @@ Floors: batch 1 streams every weight once per face (parameters x 4 bytes / read 
 bound by arithmetic (2 x multiply-adds / matrix-multiply GFLOP/s). Both are measured here, with 1 and 2
 threads, for the dense network. The engine skips the products of inputs that are exactly 0 (most ReLU
 features; the results do not change), so it does less than the dense work and can beat both; the share of
-zero inputs on the example face is printed. Also: `import musica_ref` and the first `predict` in a fresh process (compiled cache present), and
-the peak resident memory of a batch run.
+zero inputs on the example face is printed. Also: `import musica_ref` and the first `predict` in a fresh
+process (compiled cache present), and the peak resident memory of a batch run.
 """
 from __future__ import annotations
 
@@ -94,12 +94,13 @@ def _timeit(fn, n):
 def peak_memory(weights, batch):
     # VmHWM (peak RSS of this address space) rather than ru_maxrss, which keeps the RSS of the forked copy of
     # this (large) benchmark process from before exec and read 2 GB for a run that peaks near 0.5 GB
+    # the example face's box, shifted by a few pixels per face like the timed batches
     code = ("import sys, numpy as np, musica_ref as m; mo=m.MuSiCa.load(sys.argv[1]); "
-            "im=m.load_image(sys.argv[2]); b=[(96+i%5,72+i%3,224+i%5,232+i%3) for i in range(int(sys.argv[3]))]; "
-            "mo.predict_batch(im,b); "
+            "im=m.load_image(sys.argv[2]); x0,y0,x1,y1=map(float, sys.argv[4].split(',')); "
+            "b=[(x0+i%5,y0+i%3,x1+i%5,y1+i%3) for i in range(int(sys.argv[3]))]; mo.predict_batch(im,b); "
             "print(int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024)")
-    p = subprocess.run([sys.executable, "-c", code, str(weights), str(EXAMPLE), str(batch)], capture_output=True,
-                       text=True, cwd=ROOT)
+    p = subprocess.run([sys.executable, "-c", code, str(weights), str(EXAMPLE), str(batch), ",".join(map(str, BOX))],
+                       capture_output=True, text=True, cwd=ROOT)
     return int(p.stdout.strip())
 
 

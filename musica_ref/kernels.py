@@ -70,6 +70,10 @@ def _axis_taps(origin, step, n_out, size):
     return first, w
 
 
+# output rows per work item of resample
+RESAMPLE_ROWS = 16
+
+
 @njit(parallel=True, cache=True)
 def resample(image, origin_x, origin_y, step, out_h, out_w):
     """Axis-aligned affine resampling, bilinear, antialiased when it shrinks (kernels_ref.kernel_1d), zeros
@@ -77,8 +81,11 @@ def resample(image, origin_x, origin_y, step, out_h, out_w):
 
     image (H, W, C) uint8 or float32; output pixel (r, c) is centred at source
     (origin_x + step * c, origin_y + step * r); returns (out_h, out_w, C) float32.
-    Separable, one output row at a time: a vertical pass blends the source rows under it (contiguous
-    multiply-adds along the columns that matter, which vectorise), then a horizontal pass.
+    Separable, vertical pass first, on tiles of RESAMPLE_ROWS output rows: the vertical pass blends the
+    source rows under each output row (contiguous multiply-adds along the source columns that matter, which
+    vectorise); the tile is transposed in cache, so the horizontal pass runs along the tile's rows (a short
+    contiguous vector per tap) instead of one scalar at a time. Each output is the same sum in the same order
+    either way: vertical taps in order, then horizontal taps in order, taps of weight 0 skipped.
     Accumulator: float64.
     """
     H, W, C = image.shape
@@ -94,37 +101,72 @@ def resample(image, origin_x, origin_y, step, out_h, out_w):
         return out
     n = (c_hi - c_lo + 1) * C                       # the source values of one row that any output uses
     rows = np.ascontiguousarray(image).reshape(H, W * C)
-    for r in prange(out_h):
-        blend = np.zeros(n, np.float64)
-        for t in range(Ty):
-            wt = wy[r, t]
-            if wt != 0.0:                            # taps outside the image have weight 0
-                src = rows[fy[r] + t, c_lo * C:c_lo * C + n]
-                for k in range(n):
-                    blend[k] += wt * src[k]
-        for c in range(out_w):
+    flat = out.reshape(out_h, out_w * C)
+    RB = RESAMPLE_ROWS
+    for tile in prange((out_h + RB - 1) // RB):
+        r0 = tile * RB
+        nr = min(out_h, r0 + RB) - r0
+        blend = np.zeros((RB, n), np.float64)       # vertical pass: blend[r, k] for output row r0 + r
+        for r in range(nr):
+            for t in range(Ty):
+                wt = wy[r0 + r, t]
+                if wt != 0.0:                        # taps outside the image have weight 0
+                    src = rows[fy[r0 + r] + t, c_lo * C:c_lo * C + n]
+                    for k in range(n):
+                        blend[r, k] += wt * src[k]
+        blend_t = np.empty((n, RB), np.float64)      # the tile transposed: column-channel k, then row
+        for k in range(n):
+            for r in range(RB):
+                blend_t[k, r] = blend[r, k]
+        acc = np.empty(RB, np.float64)
+        for c in range(out_w):                       # horizontal pass, all rows of the tile at once
             for ch in range(C):
-                acc = 0.0
+                for r in range(RB):
+                    acc[r] = 0.0
                 for t in range(Tx):
                     wt = wx[c, t]
                     if wt != 0.0:
-                        acc += wt * blend[(fx[c] + t - c_lo) * C + ch]
-                out[r, c, ch] = acc
+                        k = (fx[c] + t - c_lo) * C + ch
+                        for r in range(RB):
+                            acc[r] += wt * blend_t[k, r]
+                for r in range(nr):
+                    flat[r0 + r, c * C + ch] = acc[r]
     return out
+
+
+# mean_std sums in this many interleaved partial sums
+MEAN_STD_LANES = 8
 
 
 @njit(cache=True)
 def mean_std(x):
-    """Mean and population standard deviation of a flat array, in float64, two passes in index order."""
+    """Mean and population standard deviation of a flat array, in float64, two passes. Each pass sums in
+    MEAN_STD_LANES interleaved partial sums (value i goes to sum i % MEAN_STD_LANES; they vectorise), added
+    up in lane order at the end: a fixed order, whatever the machine."""
     n = x.size
+    V = MEAN_STD_LANES
+    m = n - n % V
+    part = np.zeros(V, np.float64)
+    for i in range(0, m, V):
+        for v in range(V):
+            part[v] += x[i + v]
+    for i in range(m, n):
+        part[i - m] += x[i]
     total = 0.0
-    for i in range(n):
-        total += x[i]
+    for v in range(V):
+        total += part[v]
     mean = total / n
-    ss = 0.0
-    for i in range(n):
+    part[:] = 0.0
+    for i in range(0, m, V):
+        for v in range(V):
+            d = x[i + v] - mean
+            part[v] += d * d
+    for i in range(m, n):
         d = x[i] - mean
-        ss += d * d
+        part[i - m] += d * d
+    ss = 0.0
+    for v in range(V):
+        ss += part[v]
     return mean, math.sqrt(ss / n)
 
 
@@ -242,12 +284,43 @@ def crop_concat(conv2, pool2):
 def _fc_chunk(x, weight, r0, nr, c, acc):
     """acc[r] = sum over k of chunk c (in order) of x[r0 + r, k] * weight[k], starting from 0; inputs that are
     exactly 0 are skipped (adding 0 * w, w finite, leaves every partial sum as it is, bit for bit).
-    weight is float32, or int8 (converted to float32 exactly)."""
+    weight is float32, or int8 (converted to float32 exactly).
+    One input (nr == 1): its nonzero inputs are listed first and their weight rows taken four at a time,
+    four terms added in order to each output in one pass (four row streams in flight, the output loaded and
+    stored once per four rows); several inputs: each weight row is read once and used for all of them."""
     K, M = weight.shape
+    k0, k1 = c * FC_KCHUNK, min(K, (c + 1) * FC_KCHUNK)
     for r in range(nr):
         for j in range(M):
             acc[r, j] = 0.0
-    for k in range(c * FC_KCHUNK, min(K, (c + 1) * FC_KCHUNK)):
+    if nr == 1:
+        ks = np.empty(k1 - k0, np.int64)
+        xs = np.empty(k1 - k0, np.float32)
+        n = 0
+        for k in range(k0, k1):
+            xv = x[r0, k]
+            if xv != 0.0:
+                ks[n] = k
+                xs[n] = xv
+                n += 1
+        q = 0
+        while q + 4 <= n:
+            ka, kb, kc, kd = ks[q], ks[q + 1], ks[q + 2], ks[q + 3]
+            xa, xb, xc, xd = xs[q], xs[q + 1], xs[q + 2], xs[q + 3]
+            for j in range(M):
+                a = acc[0, j]
+                a += xa * np.float32(weight[ka, j])
+                a += xb * np.float32(weight[kb, j])
+                a += xc * np.float32(weight[kc, j])
+                a += xd * np.float32(weight[kd, j])
+                acc[0, j] = a
+            q += 4
+        for t in range(q, n):
+            kt, xt = ks[t], xs[t]
+            for j in range(M):
+                acc[0, j] += xt * np.float32(weight[kt, j])
+        return
+    for k in range(k0, k1):
         for r in range(nr):
             xv = x[r0 + r, k]
             if xv != 0.0:
@@ -379,14 +452,14 @@ CONV1_IN = 3
 
 
 @njit(cache=True)
-def _conv1_channel(xt, wcol, bias, dst, S, L, N):
-    """One output channel of conv1 on rows padded to width S: dst[n] = bias + sum over (c, di, dj) in order
-    of xt[c * L + n + di * S + dj] * wcol[(c * 3 + di) * 3 + dj], for n < N. The 27 terms are a fixed
-    unrolled sequence inside the n loop, so the sum of each output stays in a register and the n loop
-    vectorises. S, L, N are uint64: non-negative indices let the loads be plain vector loads (a signed index
-    may wrap around, which turns every load into a gather)."""
+def _conv1_span(xt, wcol, bias, dst, S, L, n0, n1):
+    """One output channel of conv1 on channel-major rows of width S: dst[n] = bias + sum over (c, di, dj) in
+    order of xt[c * L + n + di * S + dj] * wcol[(c * 3 + di) * 3 + dj], for n0 <= n < n1. The 27 terms are a
+    fixed unrolled sequence inside the n loop, so the sum of each output stays in a register and the n loop
+    vectorises. S, L, n0, n1 are uint64: non-negative indices let the loads be plain vector loads (a signed
+    index may wrap around, which turns every load into a gather)."""
     three = uint64(3)
-    for n in range(N):
+    for n in range(n0, n1):
         acc = bias
         for c in range(uint64(CONV1_IN)):
             for di in range(three):
@@ -396,16 +469,17 @@ def _conv1_channel(xt, wcol, bias, dst, S, L, N):
 
 
 @njit(cache=True)
-def _pool1(c1, p1, S, Q1):
-    """ReLU + 2x2 max-pool of conv1 (channel-major, rows padded to width S) into p1 (C, Q1 * Q1), channel-major.
-    Each output is ReLU(max of its 4 inputs): the max of the ReLUs, as ReLU is monotone; the max of 4 finite
-    numbers does not depend on the order it is taken in (up to the sign of a zero, which ReLU removes)."""
+def _pool1(c1, base, S, p1, Q1):
+    """ReLU + 2x2 max-pool of the 2Q1 x 2Q1 block of conv1 that starts at flat index base (channel-major, rows
+    of width S) into p1 (C, Q1 * Q1), channel-major. Each output is ReLU(max of its 4 inputs): the max of the
+    ReLUs, as ReLU is monotone; the max of 4 finite numbers does not depend on the order it is taken in (up
+    to the sign of a zero, which ReLU removes)."""
     zero = np.float32(0.0)
     rowmax = np.empty(2 * Q1, np.float32)
     for o in range(c1.shape[0]):
         for i in range(Q1):
-            r0 = uint64(2 * i * S)
-            r1 = uint64((2 * i + 1) * S)
+            r0 = uint64(base + 2 * i * S)
+            r1 = uint64(base + (2 * i + 1) * S)
             for n in range(uint64(2 * Q1)):          # the two rows, columns 0 .. 2 * Q1 - 1: contiguous
                 rowmax[n] = max(c1[o, r0 + n], c1[o, r1 + n])
             for j in range(Q1):
@@ -452,6 +526,46 @@ def _conv2(p1, w2f, b2, c2, Q1, S2):
             c2[q] = zero
 
 
+@njit(cache=True)
+def _gated_from_pool1(p1, Q1, w2f, b2, wa, ba, c2, feat, part, out):
+    """The rest of one patch after pool1 (C, Q1 * Q1): conv2 + ReLU -> maxpool2x2 -> crop_concat -> attention
+    -> sigmoid -> gate, into out (8C,). c2, feat, part are scratch."""
+    C = b2.shape[0]
+    F = 8 * C
+    S2 = Q1 - 2                                    # conv2 output side (4)
+    _conv2(p1, w2f, b2, c2, Q1, S2)
+    # features = [centre 2x2 of conv2, pool2], (row, col, channel)
+    for r in range(2):
+        for cc in range(2):
+            base = (r * 2 + cc) * 2 * C
+            q0 = 2 * r * S2 + 2 * cc
+            for o in range(C):
+                feat[base + o] = c2[((r + 1) * S2 + cc + 1) * C + o]
+                feat[base + C + o] = max(max(max(c2[q0 * C + o], c2[(q0 + 1) * C + o]),
+                                             c2[(q0 + S2) * C + o]), c2[(q0 + S2 + 1) * C + o])
+    # attention = sigmoid(bias + partial), the partial summed from 0 over k (zeros skipped); gate
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    for j in range(F):
+        part[j] = zero
+    for k in range(F):
+        xv = feat[k]
+        if xv != zero:
+            for j in range(F):
+                part[j] += xv * wa[k, j]
+    for j in range(F):
+        s = ba[j] + part[j]
+        out[j] = feat[j] * (one / (one + np.exp(-s)))
+
+
+@njit(cache=True)
+def _feature_shapes_ok(Cin, S, w1, b1, w2, b2, wa, ba):
+    C = w1.shape[3]
+    F = 8 * C
+    return not (Cin != CONV1_IN or S != 14 or w1.shape[:3] != (3, 3, Cin) or b1.shape[0] != C
+                or w2.shape != (3, 3, C, C) or b2.shape[0] != C or wa.shape != (F, F) or ba.shape[0] != F)
+
+
 @njit(parallel=True, cache=True)
 def patch_features(patches, w1, b1, w2, b2, wa, ba):
     """The patch feature extractor and its attention gate in one pass per patch (spec 6):
@@ -469,8 +583,7 @@ def patch_features(patches, w1, b1, w2, b2, wa, ba):
     BP, S, S_, Cin = patches.shape
     C = w1.shape[3]
     F = 8 * C
-    if Cin != CONV1_IN or S != 14 or S_ != 14 or w1.shape[:3] != (3, 3, Cin) or b1.shape[0] != C \
-            or w2.shape != (3, 3, C, C) or b2.shape[0] != C or wa.shape != (F, F) or ba.shape[0] != F:
+    if S_ != S or not _feature_shapes_ok(Cin, S, w1, b1, w2, b2, wa, ba):
         raise ValueError("patch_features: patches must be (BP, 14, 14, 3), w1 (3, 3, 3, C), w2 (3, 3, C, C), "
                          "wa (8C, 8C), with biases to match")
     S1 = S - 2            # conv1 output side
@@ -480,8 +593,6 @@ def patch_features(patches, w1, b1, w2, b2, wa, ba):
     L = S * S + 2                                          # padded length of one input channel
     w2f = np.ascontiguousarray(w2.transpose(2, 0, 1, 3)).reshape(-1)   # [((c * 3 + di) * 3 + dj) * C + o]
     gated = np.empty((BP, F), np.float32)
-    zero = np.float32(0.0)
-    one = np.float32(1.0)
     for t in prange((BP + FEATURE_ITEM - 1) // FEATURE_ITEM):
         # conv1 runs channel-major on rows padded to the patch width S: output n = i * S + j (j >= S1 unused)
         # reads input n + di * S + dj of each channel
@@ -497,27 +608,118 @@ def patch_features(patches, w1, b1, w2, b2, wa, ba):
                     for c in range(Cin):
                         xt[c * L + r * S + cc] = patches[p, r, cc, c]
             for o in range(C):
-                _conv1_channel(xt, w1t[o], b1[o], c1[o], uint64(S), uint64(L), uint64(S1 * S))
-            _pool1(c1, p1, S, Q1)
-            _conv2(p1, w2f, b2, c2, Q1, S2)
-            # features = [centre 2x2 of conv2, pool2], (row, col, channel)
-            for r in range(2):
-                for cc in range(2):
-                    base = (r * 2 + cc) * 2 * C
-                    q0 = 2 * r * S2 + 2 * cc
-                    for o in range(C):
-                        feat[base + o] = c2[((r + 1) * S2 + cc + 1) * C + o]
-                        feat[base + C + o] = max(max(max(c2[q0 * C + o], c2[(q0 + 1) * C + o]),
-                                                     c2[(q0 + S2) * C + o]), c2[(q0 + S2 + 1) * C + o])
-            # attention = sigmoid(bias + partial), the partial summed from 0 over k (zeros skipped); gate
-            for j in range(F):
-                part[j] = zero
-            for k in range(F):
-                xv = feat[k]
-                if xv != zero:
-                    for j in range(F):
-                        part[j] += xv * wa[k, j]
-            for j in range(F):
-                s = ba[j] + part[j]
-                gated[p, j] = feat[j] * (one / (one + np.exp(-s)))
+                _conv1_span(xt, w1t[o], b1[o], c1[o], uint64(S), uint64(L), uint64(0), uint64(S1 * S))
+            _pool1(c1, 0, S, p1, Q1)
+            _gated_from_pool1(p1, Q1, w2f, b2, wa, ba, c2, feat, part, gated[p])
     return gated
+
+
+# level_patch_features shares conv1 only while the patches' bounding box has at most this many times the
+# positions of their conv1 outputs together (it bounds the scratch; scattered patches go one by one)
+SHARED_MAP_LIMIT = 4
+# level_patch_features computes conv1 over gaps of at most this many positions between needed ones
+SPAN_GAP = 32
+# ... and only when that is at most this fraction of the positions patch_features computes (S1 x S per patch)
+SHARED_SPAN_RATIO = 0.6
+
+
+@njit(cache=True)
+def conv1_map_bounds(corners, size):
+    """(ylo, xlo, Hm, Wm): the box of conv1 output positions (level pixels) that the size x size patches
+    with top-left corners (col, row) cover, and whether sharing conv1 over it is within SHARED_MAP_LIMIT."""
+    P = corners.shape[0]
+    S1 = size - 2
+    xlo, ylo = corners[0, 0], corners[0, 1]
+    xhi, yhi = xlo, ylo
+    for p in range(P):
+        xlo = min(xlo, corners[p, 0])
+        xhi = max(xhi, corners[p, 0])
+        ylo = min(ylo, corners[p, 1])
+        yhi = max(yhi, corners[p, 1])
+    Hm, Wm = yhi - ylo + S1, xhi - xlo + S1
+    return ylo, xlo, Hm, Wm, Hm * Wm <= SHARED_MAP_LIMIT * P * S1 * S1
+
+
+@njit(parallel=True, cache=True)
+def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out):
+    """patch_features(extract_patches(level, corners, 14), ...) written into out (P, 8C), bit for bit, with
+    conv1 computed once per level position instead of once per patch that covers it.
+
+    The patches of a face overlap (at the coarse level the 68 patches of musica68 cover each conv1 position
+    about 6 times), and a conv1 output depends only on the 3x3x3 level pixels under it, not on the patch:
+    conv1 runs on a map over the union of the patches' conv1 windows (zeros outside the level, as the
+    patches have), with the same sum in the same order, then each patch takes its 12x12 block of the map
+    into pool1 and the rest of patch_features. When the patches are scattered (conv1_map_bounds says the
+    map would exceed SHARED_MAP_LIMIT) or overlap little (the map's spans exceed SHARED_SPAN_RATIO of what
+    patch_features computes: the finest level, usually), they go through patch_features, with the same result.
+
+    level (H, W, 3) float32; corners (P, 2) int64 top-left (col, row); weights as patch_features;
+    out (P, 8C) float32, written. Returns whether conv1 was shared.
+    """
+    H, W, Cin = level.shape
+    P = corners.shape[0]
+    C = w1.shape[3]
+    F = 8 * C
+    S = 14
+    if not _feature_shapes_ok(Cin, S, w1, b1, w2, b2, wa, ba) or corners.shape[1] != 2 or P < 1 \
+            or out.shape[0] != P or out.shape[1] != F:
+        raise ValueError("level_patch_features: level must be (H, W, 3), corners (P, 2) with P >= 1, out "
+                         "(P, 8C), and the weights as for patch_features")
+    ylo, xlo, Hm, Wm, shared = conv1_map_bounds(corners, S)
+    if not shared:
+        out[:] = patch_features(extract_patches(level, corners, S), w1, b1, w2, b2, wa, ba)
+        return False
+    S1 = S - 2
+    Q1 = S1 // 2
+    S2 = Q1 - 2
+    Wr = Wm + 2                        # input rows: conv1 reads 2 more columns and rows than it outputs
+    Lr = (Hm + 2) * Wr
+    need = np.zeros((Hm, Wm), np.bool_)                  # conv1 positions some patch uses
+    for p in range(P):
+        y0, x0 = corners[p, 1] - ylo, corners[p, 0] - xlo
+        need[y0:y0 + S1, x0:x0 + S1] = True
+    # spans of flat map indices n = y * Wr + x to compute: the needed positions in row-major order, a gap of
+    # at most SPAN_GAP positions (or the row ends in between) bridged, so the spans are long enough to run as
+    # vectors; the extra outputs are computed and never read
+    run0 = np.empty(Hm * (Wm // 2 + 1), np.uint64)
+    run1 = np.empty_like(run0)
+    nrun = 0
+    end = -SPAN_GAP - 1
+    for y in range(Hm):
+        for x in range(Wm):
+            if need[y, x]:
+                n = y * Wr + x
+                if n - end <= SPAN_GAP and nrun > 0:
+                    run1[nrun - 1] = n + 1
+                else:
+                    run0[nrun] = n
+                    run1[nrun] = n + 1
+                    nrun += 1
+                end = n + 1
+    total = uint64(0)
+    for k in range(nrun):
+        total += run1[k] - run0[k]
+    if total > SHARED_SPAN_RATIO * P * S1 * S:       # little overlap: one by one is faster (same result)
+        out[:] = patch_features(extract_patches(level, corners, S), w1, b1, w2, b2, wa, ba)
+        return False
+    xin = np.zeros(Cin * Lr + 2, np.float32)             # the level under the map, channel-major, zeros outside
+                                                         # (+2: a span may run over a row end)
+    for y in range(max(0, ylo), min(H, ylo + Hm + 2)):
+        for x in range(max(0, xlo), min(W, xlo + Wr)):
+            for c in range(Cin):
+                xin[c * Lr + (y - ylo) * Wr + (x - xlo)] = level[y, x, c]
+    w1t = np.ascontiguousarray(w1.transpose(3, 2, 0, 1)).reshape(C, 9 * Cin)
+    w2f = np.ascontiguousarray(w2.transpose(2, 0, 1, 3)).reshape(-1)
+    c1 = np.empty((C, Hm * Wr), np.float32)              # conv1 map, rows of width Wr; only the runs written
+    for o in prange(C):
+        for k in range(nrun):
+            _conv1_span(xin, w1t[o], b1[o], c1[o], uint64(Wr), uint64(Lr), run0[k], run1[k])
+    for t in prange((P + FEATURE_ITEM - 1) // FEATURE_ITEM):
+        p1 = np.empty((C, Q1 * Q1), np.float32)
+        c2 = np.empty(S2 * S2 * C, np.float32)
+        feat = np.empty(F, np.float32)
+        part = np.empty(F, np.float32)
+        for p in range(t * FEATURE_ITEM, min(P, (t + 1) * FEATURE_ITEM)):
+            _pool1(c1, (corners[p, 1] - ylo) * Wr + corners[p, 0] - xlo, Wr, p1, Q1)
+            _gated_from_pool1(p1, Q1, w2f, b2, wa, ba, c2, feat, part, out[p])
+    return True

@@ -26,7 +26,7 @@ import numpy as np
 from . import geometry, kernels
 from .errors import InputError
 from .io import as_rgb
-from .network import HIDDEN, iteration_forward
+from .network import HIDDEN, iteration_forward, iteration_forward_levels
 from .pyramid import build_pyramid
 from .quantize import with_precision
 from .weights import Weights, load_weights
@@ -132,14 +132,18 @@ class MuSiCa:
         trace = []
         for i, L in enumerate(geometry.ITERATION_LEVELS):
             centres = init0[active][:, idx] / 2 ** L + d[active][:, idx]                    # (Fa, P, 2)
-            patches = np.concatenate([
-                kernels.extract_patches(faces[f][1][L], geometry.patch_corners(c), geometry.PATCH_SIZE)
-                for f, c in zip(active, centres)])                                          # (Fa*P, 14, 14, 3)
+            corners = [geometry.patch_corners(c) for c in centres]
             step = Counter()
-            out, h_new, inter = iteration_forward(patches, h[active], self.weights.iterations[i], step, keep)
-            if keep:
+            if keep:        # extract the patches and keep every intermediate
+                patches = np.concatenate([
+                    kernels.extract_patches(faces[f][1][L], c, geometry.PATCH_SIZE)
+                    for f, c in zip(active, corners)])                                      # (Fa*P, 14, 14, 3)
+                out, h_new, inter = iteration_forward(patches, h[active], self.weights.iterations[i], step, True)
                 trace.append({"faces": active.copy(), "level": L, "centres": centres, "patches": patches,
                               **inter})
+            else:           # the same result, the patches read from the levels in place
+                out, h_new = iteration_forward_levels([faces[f][1][L] for f in active], corners, h[active],
+                                                      self.weights.iterations[i], step)
             h[active] = h_new
             d[active] += out[:, :2 * N].reshape(-1, N, 2)
             still = []

@@ -51,6 +51,11 @@ def _elementwise(kernel, x):
     return kernel(np.ascontiguousarray(x).reshape(-1)).reshape(x.shape)
 
 
+def _feature_weights(w):
+    return (w["conv1/weight"], w["conv1/bias"], w["conv2/weight"], w["conv2/bias"], w["attention/weight"],
+            w["attention/bias"])
+
+
 def iteration_forward(patches, h_prev, w, counter: Counter | None = None, keep: bool = False):
     """Run one iteration's network on B faces.
 
@@ -63,9 +68,7 @@ def iteration_forward(patches, h_prev, w, counter: Counter | None = None, keep: 
     Returns (out (B, 2N+1), hidden (B, 512), intermediates dict or None).
     """
     B = h_prev.shape[0]
-    BP = patches.shape[0]
-    assert patches.shape[1:] == (PATCH_SIZE, PATCH_SIZE, IN_CHANNELS) and BP % B == 0
-
+    assert patches.shape[1:] == (PATCH_SIZE, PATCH_SIZE, IN_CHANNELS) and patches.shape[0] % B == 0
     inter = None
     if keep:    # layer by layer, every intermediate kept
         conv1 = kernels.conv3x3(patches, w["conv1/weight"], w["conv1/bias"], True)    # (BP, 12, 12, 32)
@@ -79,8 +82,31 @@ def iteration_forward(patches, h_prev, w, counter: Counter | None = None, keep: 
         inter = dict(conv1=conv1, pool1=pool1, conv2=conv2, pool2=pool2, features=features,
                      attention=attention, gated=gated)
     else:       # the same arithmetic fused per patch: bit-identical gated features, nothing else stored
-        gated = kernels.patch_features(patches, w["conv1/weight"], w["conv1/bias"], w["conv2/weight"],
-                                       w["conv2/bias"], w["attention/weight"], w["attention/bias"])
+        gated = kernels.patch_features(patches, *_feature_weights(w))
+    out, hidden = _recurrent_head(gated, h_prev, w, counter)
+    if keep:
+        inter.update(hidden=hidden, out=out)
+    return out, hidden, inter
+
+
+def iteration_forward_levels(levels, corners, h_prev, w, counter: Counter | None = None):
+    """iteration_forward(patches, h_prev, w, counter) for the patches at `corners` of `levels`, without
+    extracting them, bit for bit: levels is a list of B pyramid levels (H_b, W_b, 3) float32 and corners a
+    list of B arrays (P, 2) int64 (top-left (col, row) of each patch, geometry.patch_corners).
+    kernels.level_patch_features computes conv1 once per level position for the overlapping patches of a
+    face. Returns (out (B, 2N+1), hidden (B, 512))."""
+    P = corners[0].shape[0]
+    gated = np.empty((len(levels) * P, FEATURES), np.float32)
+    for b, (level, c) in enumerate(zip(levels, corners)):
+        kernels.level_patch_features(level, c, *_feature_weights(w), gated[b * P:(b + 1) * P])
+    return _recurrent_head(gated, h_prev, w, counter)
+
+
+def _recurrent_head(gated, h_prev, w, counter):
+    """The recurrent and output layers on the gated features (B*P, 256) of B faces; counts the iteration's
+    multiply-adds into counter. Returns (out (B, 2N+1), hidden (B, 512))."""
+    B = h_prev.shape[0]
+    BP = gated.shape[0]
     rnn_in = np.concatenate([gated.reshape(B, -1), h_prev], axis=1)                # (B, P*256 + 512)
     if "recurrent/scale" in w:      # int8 storage (quantize.py)
         pre = kernels.fully_connected_scaled(rnn_in, w["recurrent/weight"], w["recurrent/scale"],
@@ -91,8 +117,9 @@ def iteration_forward(patches, h_prev, w, counter: Counter | None = None, keep: 
     out = kernels.fully_connected(hidden, w["output/weight"], w["output/bias"])   # (B, 2N+1)
 
     if counter is not None:
-        # multiply-adds of this iteration's layers for these shapes (the dense count: the kernels skip
-        # products with an input of exactly 0, which changes no result and is not subtracted here)
+        # multiply-adds of this iteration's layers for these shapes (the dense count, per patch: the kernels
+        # skip products with an input of exactly 0 and share conv1 between overlapping patches, which
+        # changes no result and is not subtracted here)
         s1 = PATCH_SIZE - 2                                 # conv1 output side
         s2 = s1 // 2 - 2                                    # conv2 output side
         counter["conv1"] += BP * s1 * s1 * CONV_FILTERS * 3 * 3 * IN_CHANNELS
@@ -101,6 +128,4 @@ def iteration_forward(patches, h_prev, w, counter: Counter | None = None, keep: 
         counter["gate"] += gated.size
         counter["recurrent"] += rnn_in.shape[0] * rnn_in.shape[1] * hidden.shape[1]
         counter["output"] += hidden.shape[0] * hidden.shape[1] * out.shape[1]
-    if keep:
-        inter.update(hidden=hidden, out=out)
-    return out, hidden, inter
+    return out, hidden

@@ -268,6 +268,52 @@ def test_patch_features_rejects_wrong_shapes():
         K.patch_features(rnd(rng, (2, 14, 14, 3)), w1, b, w2, b, wa[:16], ba)  # attention too small
 
 
+@given(seed=seeds, H=st.integers(1, 40), W=st.integers(1, 40), P=st.integers(1, 30), spread=st.integers(0, 40),
+       C=st.sampled_from([2, 32]), bias_shift=st.sampled_from([-1.0, 0.0]))
+def test_level_patch_features_is_bit_identical_to_the_layers(seed, H, W, P, spread, C, bias_shift):
+    """Reading the patches from the level (conv1 shared between overlapping patches, or one by one when they
+    overlap little) gives the layer-by-layer result on the extracted patches, bit for bit; patches may lie
+    partly or wholly outside the level."""
+    rng = np.random.default_rng(seed)
+    level = rnd(rng, (H, W, 3))
+    centre = rng.integers(-16, max(H, W) + 4, 2)
+    corners = (centre + rng.integers(-spread, spread + 1, (P, 2))).astype(np.int64)
+    w1, w2 = rnd(rng, (3, 3, 3, C)), rnd(rng, (3, 3, C, C))
+    b1, b2 = rnd(rng, (C,)) + np.float32(bias_shift), rnd(rng, (C,)) + np.float32(bias_shift)
+    wa, ba = rnd(rng, (8 * C, 8 * C), 0.1), rnd(rng, (8 * C,))
+    out = np.full((P, 8 * C), np.nan, np.float32)
+    K.level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out)
+    want = _features_layer_by_layer(K.extract_patches(level, corners, 14), w1, b1, w2, b2, wa, ba)
+    np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("spread, shared", [(3, True), (60, False)])
+def test_level_patch_features_takes_both_paths(spread, shared):
+    """Clustered patches share conv1, scattered ones go one by one; both equal the layers."""
+    rng = np.random.default_rng(spread)
+    level = rnd(rng, (50, 60, 3))
+    corners = (np.array([20, 18]) + rng.integers(-spread, spread + 1, (24, 2))).astype(np.int64)
+    w1, w2, wa = rnd(rng, (3, 3, 3, 32)), rnd(rng, (3, 3, 32, 32)), rnd(rng, (256, 256), 0.1)
+    b, ba = rnd(rng, (32,)), rnd(rng, (256,))
+    out = np.empty((24, 256), np.float32)
+    assert K.level_patch_features(level, corners, w1, b, w2, b, wa, ba, out) == shared
+    np.testing.assert_array_equal(out, _features_layer_by_layer(K.extract_patches(level, corners, 14),
+                                                                w1, b, w2, b, wa, ba))
+
+
+def test_level_patch_features_rejects_wrong_shapes():
+    rng = np.random.default_rng(0)
+    w1, w2, wa = rnd(rng, (3, 3, 3, 4)), rnd(rng, (3, 3, 4, 4)), rnd(rng, (32, 32))
+    b, ba = rnd(rng, (4,)), rnd(rng, (32,))
+    level, corners = rnd(rng, (20, 20, 3)), np.zeros((3, 2), np.int64)
+    with pytest.raises(ValueError, match="level_patch_features"):
+        K.level_patch_features(level, corners, w1, b, w2, b, wa, ba, np.empty((2, 32), np.float32))   # out rows
+    with pytest.raises(ValueError, match="level_patch_features"):
+        K.level_patch_features(level, corners[:0], w1, b, w2, b, wa, ba, np.empty((0, 32), np.float32))  # P = 0
+    with pytest.raises(ValueError, match="level_patch_features"):
+        K.level_patch_features(rnd(rng, (20, 20, 1)), corners, w1, b, w2, b, wa, ba, np.empty((3, 32), np.float32))
+
+
 # --- int8 recurrent weights ------------------------------------------------------------------------------------
 
 @given(seed=seeds, B=st.integers(1, 40), Kn=st.integers(1, 600), M=st.integers(1, 70), scale=scales)

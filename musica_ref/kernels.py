@@ -285,20 +285,19 @@ def _fc_chunk(x, weight, r0, nr, c, acc):
     """acc[r] = sum over k of chunk c (in order) of x[r0 + r, k] * weight[k], starting from 0; inputs that are
     exactly 0 are skipped (adding 0 * w, w finite, leaves every partial sum as it is, bit for bit).
     weight is float32, or int8 (converted to float32 exactly).
-    One input (nr == 1): its nonzero inputs are listed first and their weight rows taken four at a time,
-    four terms added in order to each output in one pass (four row streams in flight, the output loaded and
-    stored once per four rows); several inputs: each weight row is read once and used for all of them."""
+    For each input, its nonzero inputs are listed first and their weight rows taken four at a time: four
+    terms added in order to each output in one pass (four row streams in flight, each output loaded and
+    stored once per four rows); the chunk's rows stay in cache for the next input of the block."""
     K, M = weight.shape
     k0, k1 = c * FC_KCHUNK, min(K, (c + 1) * FC_KCHUNK)
+    ks = np.empty(k1 - k0, np.int64)
+    xs = np.empty(k1 - k0, np.float32)
     for r in range(nr):
         for j in range(M):
             acc[r, j] = 0.0
-    if nr == 1:
-        ks = np.empty(k1 - k0, np.int64)
-        xs = np.empty(k1 - k0, np.float32)
         n = 0
         for k in range(k0, k1):
-            xv = x[r0, k]
+            xv = x[r0 + r, k]
             if xv != 0.0:
                 ks[n] = k
                 xs[n] = xv
@@ -308,24 +307,17 @@ def _fc_chunk(x, weight, r0, nr, c, acc):
             ka, kb, kc, kd = ks[q], ks[q + 1], ks[q + 2], ks[q + 3]
             xa, xb, xc, xd = xs[q], xs[q + 1], xs[q + 2], xs[q + 3]
             for j in range(M):
-                a = acc[0, j]
+                a = acc[r, j]
                 a += xa * np.float32(weight[ka, j])
                 a += xb * np.float32(weight[kb, j])
                 a += xc * np.float32(weight[kc, j])
                 a += xd * np.float32(weight[kd, j])
-                acc[0, j] = a
+                acc[r, j] = a
             q += 4
         for t in range(q, n):
             kt, xt = ks[t], xs[t]
             for j in range(M):
-                acc[0, j] += xt * np.float32(weight[kt, j])
-        return
-    for k in range(k0, k1):
-        for r in range(nr):
-            xv = x[r0 + r, k]
-            if xv != 0.0:
-                for j in range(M):
-                    acc[r, j] += xv * np.float32(weight[k, j])
+                acc[r, j] += xt * np.float32(weight[kt, j])
 
 
 @njit(parallel=True, cache=True)

@@ -483,35 +483,84 @@ def _pool1(c1, base, S, p1, Q1):
 def _conv2(p1, w2f, b2, c2, Q1, S2):
     """conv2 + bias + ReLU: c2[(i * S2 + j) * C + o] = bias + sum over (c, di, dj) in order of
     p1[c, (i + di) * Q1 + j + dj] * w2f[((c * 3 + di) * 3 + dj) * C + o]. p1 (C, Q1 * Q1) channel-major;
-    w2f, c2 flat. For each input channel the 9 taps are a fixed unrolled sequence inside the vectorised o
-    loop, so each output is loaded and stored once per channel, not once per tap; a channel whose 9 inputs
-    are all 0 is skipped (it would add exact zeros). Offsets are uint64 so the loads are plain vector loads."""
+    w2f, c2 flat; S2 = 4 (a row of outputs is done at once).
+    For each output row i and input channel c, the 4 outputs of the row and the 9 taps are a fixed unrolled
+    sequence inside the vectorised o loop: each weight is loaded once for 4 outputs, and 4 independent sums
+    are in flight (one sum alone would wait on its previous addition); a row's channel whose 18 inputs are
+    all 0 is skipped (it would add exact zeros; zeros inside a row add exact zeros, which leaves every sum as
+    it is but the sign of a zero, which the ReLU removes). Offsets are uint64 so the loads are plain vector
+    loads."""
     C = b2.shape[0]
     uC = uint64(C)
-    three = uint64(3)
-    xs = np.empty(9, np.float32)
     for q in range(S2 * S2):
         for o in range(C):
             c2[q * C + o] = b2[o]
     for i in range(S2):
-        for j in range(S2):
-            obase = uint64((i * S2 + j) * C)
-            for c in range(C):
-                nz = False
-                for di in range(3):
-                    for dj in range(3):
-                        v = p1[c, (i + di) * Q1 + j + dj]
-                        xs[di * 3 + dj] = v
-                        nz = nz or v != 0.0
-                if not nz:
-                    continue
-                wbase = uint64(c * 9 * C)
-                for o in range(uC):
-                    acc = c2[obase + o]
-                    for di in range(three):
-                        for dj in range(three):
-                            acc += xs[di * three + dj] * w2f[wbase + (di * three + dj) * uC + o]
-                    c2[obase + o] = acc
+        ob0 = uint64(i * S2 * C)                 # output (i, j) at c2[ob0 + j * C + o]
+        ob1, ob2, ob3 = ob0 + uC, ob0 + uint64(2 * C), ob0 + uint64(3 * C)
+        for c in range(C):
+            r0, r1, r2 = i * Q1, (i + 1) * Q1, (i + 2) * Q1
+            a0, a1, a2, a3, a4, a5 = p1[c, r0], p1[c, r0 + 1], p1[c, r0 + 2], p1[c, r0 + 3], p1[c, r0 + 4], \
+                p1[c, r0 + 5]
+            b0, b1, b2_, b3, b4, b5 = p1[c, r1], p1[c, r1 + 1], p1[c, r1 + 2], p1[c, r1 + 3], p1[c, r1 + 4], \
+                p1[c, r1 + 5]
+            d0, d1, d2, d3, d4, d5 = p1[c, r2], p1[c, r2 + 1], p1[c, r2 + 2], p1[c, r2 + 3], p1[c, r2 + 4], \
+                p1[c, r2 + 5]
+            if a0 == 0.0 and a1 == 0.0 and a2 == 0.0 and a3 == 0.0 and a4 == 0.0 and a5 == 0.0 \
+                    and b0 == 0.0 and b1 == 0.0 and b2_ == 0.0 and b3 == 0.0 and b4 == 0.0 and b5 == 0.0 \
+                    and d0 == 0.0 and d1 == 0.0 and d2 == 0.0 and d3 == 0.0 and d4 == 0.0 and d5 == 0.0:
+                continue
+            w0 = uint64(c * 9 * C)                 # tap t of channel c: w2f[w0 + t * C + o]
+            w1, w2, w3, w4 = w0 + uC, w0 + uint64(2 * C), w0 + uint64(3 * C), w0 + uint64(4 * C)
+            w5, w6, w7, w8 = w0 + uint64(5 * C), w0 + uint64(6 * C), w0 + uint64(7 * C), w0 + uint64(8 * C)
+            for o in range(uC):
+                s0, s1, s2, s3 = c2[ob0 + o], c2[ob1 + o], c2[ob2 + o], c2[ob3 + o]
+                w = w2f[w0 + o]
+                s0 += a0 * w
+                s1 += a1 * w
+                s2 += a2 * w
+                s3 += a3 * w
+                w = w2f[w1 + o]
+                s0 += a1 * w
+                s1 += a2 * w
+                s2 += a3 * w
+                s3 += a4 * w
+                w = w2f[w2 + o]
+                s0 += a2 * w
+                s1 += a3 * w
+                s2 += a4 * w
+                s3 += a5 * w
+                w = w2f[w3 + o]
+                s0 += b0 * w
+                s1 += b1 * w
+                s2 += b2_ * w
+                s3 += b3 * w
+                w = w2f[w4 + o]
+                s0 += b1 * w
+                s1 += b2_ * w
+                s2 += b3 * w
+                s3 += b4 * w
+                w = w2f[w5 + o]
+                s0 += b2_ * w
+                s1 += b3 * w
+                s2 += b4 * w
+                s3 += b5 * w
+                w = w2f[w6 + o]
+                s0 += d0 * w
+                s1 += d1 * w
+                s2 += d2 * w
+                s3 += d3 * w
+                w = w2f[w7 + o]
+                s0 += d1 * w
+                s1 += d2 * w
+                s2 += d3 * w
+                s3 += d4 * w
+                w = w2f[w8 + o]
+                s0 += d2 * w
+                s1 += d3 * w
+                s2 += d4 * w
+                s3 += d5 * w
+                c2[ob0 + o], c2[ob1 + o], c2[ob2 + o], c2[ob3 + o] = s0, s1, s2, s3
     zero = np.float32(0.0)
     for q in range(S2 * S2 * C):
         if not c2[q] > zero:
@@ -535,7 +584,8 @@ def _gated_from_pool1(p1, Q1, w2f, b2, wa, ba, c2, feat, part, out):
                 feat[base + o] = c2[((r + 1) * S2 + cc + 1) * C + o]
                 feat[base + C + o] = max(max(max(c2[q0 * C + o], c2[(q0 + 1) * C + o]),
                                              c2[(q0 + S2) * C + o]), c2[(q0 + S2 + 1) * C + o])
-    # attention = sigmoid(bias + partial), the partial summed from 0 over k (zeros skipped); gate
+    # attention = sigmoid(bias + partial), the partial summed from 0 over k (zeros skipped); gate (a feature
+    # of 0 gives 0 whatever its attention, so its sigmoid is not computed)
     zero = np.float32(0.0)
     one = np.float32(1.0)
     for j in range(F):
@@ -546,8 +596,11 @@ def _gated_from_pool1(p1, Q1, w2f, b2, wa, ba, c2, feat, part, out):
             for j in range(F):
                 part[j] += xv * wa[k, j]
     for j in range(F):
-        s = ba[j] + part[j]
-        out[j] = feat[j] * (one / (one + np.exp(-s)))
+        if feat[j] == zero:                        # 0 * sigmoid (finite, > 0) is +0 exactly: no exp needed
+            out[j] = zero
+        else:
+            s = ba[j] + part[j]
+            out[j] = feat[j] * (one / (one + np.exp(-s)))
 
 
 @njit(cache=True)
@@ -607,8 +660,9 @@ def patch_features(patches, w1, b1, w2, b2, wa, ba):
 
 
 # level_patch_features shares conv1 only while the patches' bounding box has at most this many times the
-# positions of their conv1 outputs together (it bounds the scratch; scattered patches go one by one)
-SHARED_MAP_LIMIT = 4
+# positions of their conv1 outputs together (it bounds the scratch, and patches spread wider overlap too
+# little to gain: they go one by one, without the cost of working out their overlap)
+SHARED_MAP_LIMIT = 1.5
 # level_patch_features computes conv1 over gaps of at most this many positions between needed ones
 SPAN_GAP = 32
 # ... and only when that is at most this fraction of the positions patch_features computes (S1 x S per patch)

@@ -145,7 +145,7 @@ def box_frame_shape(points, box) -> np.ndarray:
 def patch_corners(centres) -> np.ndarray:
     """Top-left pixel (col, row) of the PATCH_SIZE x PATCH_SIZE patch around each centre (x, y).
 
-    centres (P, 2) float -> (P, 2) int64: (floor(x) - 7, floor(y) - 7) (spec 5).
+    centres (..., 2) float, e.g. (P, 2) -> the same shape, int64: (floor(x) - 7, floor(y) - 7) (spec 5).
     """
     return np.floor(np.asarray(centres, dtype=np.float64)).astype(np.int64) - PATCH_BEFORE
 

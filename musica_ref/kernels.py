@@ -611,6 +611,44 @@ def _feature_shapes_ok(Cin, S, w1, b1, w2, b2, wa, ba):
                 or w2.shape != (3, 3, C, C) or b2.shape[0] != C or wa.shape != (F, F) or ba.shape[0] != F)
 
 
+@njit(cache=True)
+def _conv_layouts(w1, w2):
+    """conv1's weights as w1t[o, (c * 3 + di) * 3 + dj], conv2's as w2f[((c * 3 + di) * 3 + dj) * C + o]."""
+    C, Cin = w1.shape[3], w1.shape[2]
+    w1t = np.ascontiguousarray(w1.transpose(3, 2, 0, 1)).reshape(C, 9 * Cin)
+    w2f = np.ascontiguousarray(w2.transpose(2, 0, 1, 3)).reshape(-1)
+    return w1t, w2f
+
+
+@njit(cache=True)
+def _patch_from_input(xt, L, w1t, b1, w2f, b2, wa, ba, c1, p1, c2, feat, part, out):
+    """One 14x14 patch, given channel-major in xt (channel c at xt[c * L:], rows of width 14, L = 14 * 14 + 2),
+    through the whole feature extractor into out (8C,). conv1 output n = i * 14 + j (j >= 12 unused) reads
+    input n + di * 14 + dj of each channel. c1 (C, 12 * 14), p1 (C, 36), c2, feat, part: scratch."""
+    S = 14
+    S1 = S - 2            # conv1 output side
+    Q1 = S1 // 2          # pool1 side
+    for o in range(w1t.shape[0]):
+        _conv1_span(xt, w1t[o], b1[o], c1[o], uint64(S), uint64(L), uint64(0), uint64(S1 * S))
+    _pool1(c1, 0, S, p1, Q1)
+    _gated_from_pool1(p1, Q1, w2f, b2, wa, ba, c2, feat, part, out)
+
+
+@njit(cache=True)
+def _patch_input_from_level(level, c0, r0, xt, L):
+    """The 14x14 patch of level (H, W, Cin) with top-left (col c0, row r0) into xt, channel-major (channel c at
+    xt[c * L:]), zeros outside the level: what extract_patches gives, laid out for _patch_from_input."""
+    H, W, Cin = level.shape
+    S = 14
+    for r in range(S):
+        y = r0 + r
+        for cc in range(S):
+            x = c0 + cc
+            inside = 0 <= y < H and 0 <= x < W
+            for c in range(Cin):
+                xt[c * L + r * S + cc] = level[y, x, c] if inside else np.float32(0.0)
+
+
 @njit(parallel=True, cache=True)
 def patch_features(patches, w1, b1, w2, b2, wa, ba):
     """The patch feature extractor and its attention gate in one pass per patch (spec 6):
@@ -631,20 +669,14 @@ def patch_features(patches, w1, b1, w2, b2, wa, ba):
     if S_ != S or not _feature_shapes_ok(Cin, S, w1, b1, w2, b2, wa, ba):
         raise ValueError("patch_features: patches must be (BP, 14, 14, 3), w1 (3, 3, 3, C), w2 (3, 3, C, C), "
                          "wa (8C, 8C), with biases to match")
-    S1 = S - 2            # conv1 output side
-    Q1 = S1 // 2          # pool1 side
-    S2 = Q1 - 2           # conv2 output side (4)
-    w1t = np.ascontiguousarray(w1.transpose(3, 2, 0, 1)).reshape(C, 9 * Cin)   # [o, (c*3 + di)*3 + dj]
+    w1t, w2f = _conv_layouts(w1, w2)
     L = S * S + 2                                          # padded length of one input channel
-    w2f = np.ascontiguousarray(w2.transpose(2, 0, 1, 3)).reshape(-1)   # [((c * 3 + di) * 3 + dj) * C + o]
     gated = np.empty((BP, F), np.float32)
     for t in prange((BP + FEATURE_ITEM - 1) // FEATURE_ITEM):
-        # conv1 runs channel-major on rows padded to the patch width S: output n = i * S + j (j >= S1 unused)
-        # reads input n + di * S + dj of each channel
         xt = np.zeros(Cin * L, np.float32)
-        c1 = np.empty((C, S1 * S), np.float32)
-        p1 = np.empty((C, Q1 * Q1), np.float32)
-        c2 = np.empty(S2 * S2 * C, np.float32)
+        c1 = np.empty((C, (S - 2) * S), np.float32)
+        p1 = np.empty((C, 36), np.float32)
+        c2 = np.empty(16 * C, np.float32)
         feat = np.empty(F, np.float32)
         part = np.empty(F, np.float32)
         for p in range(t * FEATURE_ITEM, min(BP, (t + 1) * FEATURE_ITEM)):
@@ -652,29 +684,37 @@ def patch_features(patches, w1, b1, w2, b2, wa, ba):
                 for cc in range(S):
                     for c in range(Cin):
                         xt[c * L + r * S + cc] = patches[p, r, cc, c]
-            for o in range(C):
-                _conv1_span(xt, w1t[o], b1[o], c1[o], uint64(S), uint64(L), uint64(0), uint64(S1 * S))
-            _pool1(c1, 0, S, p1, Q1)
-            _gated_from_pool1(p1, Q1, w2f, b2, wa, ba, c2, feat, part, gated[p])
+            _patch_from_input(xt, L, w1t, b1, w2f, b2, wa, ba, c1, p1, c2, feat, part, gated[p])
     return gated
 
 
-# level_patch_features shares conv1 only while the patches' bounding box has at most this many times the
-# positions of their conv1 outputs together (it bounds the scratch, and patches spread wider overlap too
-# little to gain: they go one by one, without the cost of working out their overlap)
+# --- the feature extractor reading the patches from the level, conv1 shared between overlapping patches ---
+#
+# The patches of a face overlap (at the coarse level the 68 patches of musica68 cover each conv1 position
+# about 6 times), and a conv1 output depends only on the 3x3x3 level pixels under it, not on the patch. So
+# conv1 runs once on a map over the union of the patches' conv1 windows (zeros outside the level, as the
+# patches have), each output the same sum in the same order, and each patch takes its 12x12 block of the map
+# into pool1 and the rest. Where the patches overlap little (usually the finest level) they go one by one.
+
+# conv1 is shared only while the patches' bounding box has at most this many times the positions of their
+# conv1 outputs together (this bounds the scratch, and patches spread wider overlap too little to gain: they
+# go one by one, without the cost of working out their overlap)
 SHARED_MAP_LIMIT = 1.5
-# level_patch_features computes conv1 over gaps of at most this many positions between needed ones
+# the map computes conv1 over gaps of at most this many positions between needed ones (long vector loops)
 SPAN_GAP = 32
-# ... and only when that is at most this fraction of the positions patch_features computes (S1 x S per patch)
+# ... and is used only when that is at most this fraction of the positions computed one by one (12 x 14 a patch)
 SHARED_SPAN_RATIO = 0.6
 
 
 @njit(cache=True)
-def conv1_map_bounds(corners, size):
-    """(ylo, xlo, Hm, Wm): the box of conv1 output positions (level pixels) that the size x size patches
-    with top-left corners (col, row) cover, and whether sharing conv1 over it is within SHARED_MAP_LIMIT."""
+def _conv1_map_plan(corners):
+    """Where conv1 runs for the 14x14 patches with top-left corners (P, 2) (col, row), when shared:
+    (ylo, xlo, Hm, Wm, run0, run1): the box of conv1 positions (Hm x Wm from level row ylo, column xlo) and
+    the spans [run0[k], run1[k]) of flat map indices y * (Wm + 2) + x to compute: the needed positions in
+    row-major order, gaps of at most SPAN_GAP (or a row end) bridged so the spans run as long vectors (the
+    extra outputs are never read). No spans when sharing does not pay (SHARED_MAP_LIMIT, SHARED_SPAN_RATIO)."""
     P = corners.shape[0]
-    S1 = size - 2
+    S1, S = 12, 14
     xlo, ylo = corners[0, 0], corners[0, 1]
     xhi, yhi = xlo, ylo
     for p in range(P):
@@ -683,50 +723,14 @@ def conv1_map_bounds(corners, size):
         ylo = min(ylo, corners[p, 1])
         yhi = max(yhi, corners[p, 1])
     Hm, Wm = yhi - ylo + S1, xhi - xlo + S1
-    return ylo, xlo, Hm, Wm, Hm * Wm <= SHARED_MAP_LIMIT * P * S1 * S1
-
-
-@njit(parallel=True, cache=True)
-def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out):
-    """patch_features(extract_patches(level, corners, 14), ...) written into out (P, 8C), bit for bit, with
-    conv1 computed once per level position instead of once per patch that covers it.
-
-    The patches of a face overlap (at the coarse level the 68 patches of musica68 cover each conv1 position
-    about 6 times), and a conv1 output depends only on the 3x3x3 level pixels under it, not on the patch:
-    conv1 runs on a map over the union of the patches' conv1 windows (zeros outside the level, as the
-    patches have), with the same sum in the same order, then each patch takes its 12x12 block of the map
-    into pool1 and the rest of patch_features. When the patches are scattered (conv1_map_bounds says the
-    map would exceed SHARED_MAP_LIMIT) or overlap little (the map's spans exceed SHARED_SPAN_RATIO of what
-    patch_features computes: the finest level, usually), they go through patch_features, with the same result.
-
-    level (H, W, 3) float32; corners (P, 2) int64 top-left (col, row); weights as patch_features;
-    out (P, 8C) float32, written. Returns whether conv1 was shared.
-    """
-    H, W, Cin = level.shape
-    P = corners.shape[0]
-    C = w1.shape[3]
-    F = 8 * C
-    S = 14
-    if not _feature_shapes_ok(Cin, S, w1, b1, w2, b2, wa, ba) or corners.shape[1] != 2 or P < 1 \
-            or out.shape[0] != P or out.shape[1] != F:
-        raise ValueError("level_patch_features: level must be (H, W, 3), corners (P, 2) with P >= 1, out "
-                         "(P, 8C), and the weights as for patch_features")
-    ylo, xlo, Hm, Wm, shared = conv1_map_bounds(corners, S)
-    if not shared:
-        out[:] = patch_features(extract_patches(level, corners, S), w1, b1, w2, b2, wa, ba)
-        return False
-    S1 = S - 2
-    Q1 = S1 // 2
-    S2 = Q1 - 2
-    Wr = Wm + 2                        # input rows: conv1 reads 2 more columns and rows than it outputs
-    Lr = (Hm + 2) * Wr
+    none = np.empty(0, np.uint64)
+    if Hm * Wm > SHARED_MAP_LIMIT * P * S1 * S1:
+        return ylo, xlo, Hm, Wm, none, none
+    Wr = Wm + 2
     need = np.zeros((Hm, Wm), np.bool_)                  # conv1 positions some patch uses
     for p in range(P):
         y0, x0 = corners[p, 1] - ylo, corners[p, 0] - xlo
         need[y0:y0 + S1, x0:x0 + S1] = True
-    # spans of flat map indices n = y * Wr + x to compute: the needed positions in row-major order, a gap of
-    # at most SPAN_GAP positions (or the row ends in between) bridged, so the spans are long enough to run as
-    # vectors; the extra outputs are computed and never read
     run0 = np.empty(Hm * (Wm // 2 + 1), np.uint64)
     run1 = np.empty_like(run0)
     nrun = 0
@@ -745,27 +749,116 @@ def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out):
     total = uint64(0)
     for k in range(nrun):
         total += run1[k] - run0[k]
-    if total > SHARED_SPAN_RATIO * P * S1 * S:       # little overlap: one by one is faster (same result)
-        out[:] = patch_features(extract_patches(level, corners, S), w1, b1, w2, b2, wa, ba)
-        return False
-    xin = np.zeros(Cin * Lr + 2, np.float32)             # the level under the map, channel-major, zeros outside
-                                                         # (+2: a span may run over a row end)
+    if total > SHARED_SPAN_RATIO * P * S1 * S:
+        return ylo, xlo, Hm, Wm, none, none
+    return ylo, xlo, Hm, Wm, run0[:nrun], run1[:nrun]
+
+
+@njit(cache=True)
+def _conv1_map_input(level, ylo, xlo, Hm, Wm):
+    """The level under a conv1 map (Hm + 2 rows of Wm + 2 from row ylo, column xlo), channel-major, zeros
+    outside the level, +2 values at the end (a span may run over a row end). Returns (xin, Lr)."""
+    H, W, Cin = level.shape
+    Wr = Wm + 2
+    Lr = (Hm + 2) * Wr
+    xin = np.zeros(Cin * Lr + 2, np.float32)
     for y in range(max(0, ylo), min(H, ylo + Hm + 2)):
         for x in range(max(0, xlo), min(W, xlo + Wr)):
             for c in range(Cin):
                 xin[c * Lr + (y - ylo) * Wr + (x - xlo)] = level[y, x, c]
-    w1t = np.ascontiguousarray(w1.transpose(3, 2, 0, 1)).reshape(C, 9 * Cin)
-    w2f = np.ascontiguousarray(w2.transpose(2, 0, 1, 3)).reshape(-1)
-    c1 = np.empty((C, Hm * Wr), np.float32)              # conv1 map, rows of width Wr; only the runs written
+    return xin, Lr
+
+
+@njit(parallel=True, cache=True)
+def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out):
+    """patch_features(extract_patches(level, corners, 14), ...) of one face written into out (P, 8C), bit for
+    bit, with conv1 shared between the overlapping patches (see above); the work is split between threads
+    by output channel (conv1 map) and by patch.
+
+    level (H, W, 3) float32; corners (P, 2) int64 top-left (col, row); weights as patch_features;
+    out (P, 8C) float32, written. Returns whether conv1 was shared.
+    """
+    H, W, Cin = level.shape
+    P = corners.shape[0]
+    C = w1.shape[3]
+    F = 8 * C
+    if not _feature_shapes_ok(Cin, 14, w1, b1, w2, b2, wa, ba) or corners.shape[1] != 2 or P < 1 \
+            or out.shape[0] != P or out.shape[1] != F:
+        raise ValueError("level_patch_features: level must be (H, W, 3), corners (P, 2) with P >= 1, out "
+                         "(P, 8C), and the weights as for patch_features")
+    w1t, w2f = _conv_layouts(w1, w2)
+    ylo, xlo, Hm, Wm, run0, run1 = _conv1_map_plan(corners)
+    L = 14 * 14 + 2
+    if run0.shape[0] == 0:                               # one by one
+        for t in prange((P + FEATURE_ITEM - 1) // FEATURE_ITEM):
+            xt = np.zeros(Cin * L, np.float32)
+            c1 = np.empty((C, 12 * 14), np.float32)
+            p1 = np.empty((C, 36), np.float32)
+            c2 = np.empty(16 * C, np.float32)
+            feat = np.empty(F, np.float32)
+            part = np.empty(F, np.float32)
+            for p in range(t * FEATURE_ITEM, min(P, (t + 1) * FEATURE_ITEM)):
+                _patch_input_from_level(level, corners[p, 0], corners[p, 1], xt, L)
+                _patch_from_input(xt, L, w1t, b1, w2f, b2, wa, ba, c1, p1, c2, feat, part, out[p])
+        return False
+    xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
+    Wr = Wm + 2
+    c1 = np.empty((C, Hm * Wr), np.float32)              # conv1 map, rows of width Wr; only the spans written
     for o in prange(C):
-        for k in range(nrun):
+        for k in range(run0.shape[0]):
             _conv1_span(xin, w1t[o], b1[o], c1[o], uint64(Wr), uint64(Lr), run0[k], run1[k])
     for t in prange((P + FEATURE_ITEM - 1) // FEATURE_ITEM):
-        p1 = np.empty((C, Q1 * Q1), np.float32)
-        c2 = np.empty(S2 * S2 * C, np.float32)
+        p1 = np.empty((C, 36), np.float32)
+        c2 = np.empty(16 * C, np.float32)
         feat = np.empty(F, np.float32)
         part = np.empty(F, np.float32)
         for p in range(t * FEATURE_ITEM, min(P, (t + 1) * FEATURE_ITEM)):
-            _pool1(c1, (corners[p, 1] - ylo) * Wr + corners[p, 0] - xlo, Wr, p1, Q1)
-            _gated_from_pool1(p1, Q1, w2f, b2, wa, ba, c2, feat, part, out[p])
+            _pool1(c1, (corners[p, 1] - ylo) * Wr + corners[p, 0] - xlo, Wr, p1, 6)
+            _gated_from_pool1(p1, 6, w2f, b2, wa, ba, c2, feat, part, out[p])
     return True
+
+
+@njit(parallel=True, cache=True)
+def levels_patch_features(levels, corners, w1, b1, w2, b2, wa, ba, out):
+    """level_patch_features for many faces at once, the faces split between threads (each face on one):
+    levels a numba.typed.List of B levels (H_b, W_b, 3) float32, corners (B, P, 2) int64, out (B*P, 8C)
+    float32, written; face b's patches go to rows b * P .. (b + 1) * P - 1. Bit-identical to
+    level_patch_features face by face. Returns how many faces shared conv1."""
+    B, P = corners.shape[0], corners.shape[1]
+    C = w1.shape[3]
+    F = 8 * C
+    if len(levels) != B or corners.shape[2] != 2 or P < 1 or out.shape[0] != B * P or out.shape[1] != F:
+        raise ValueError("levels_patch_features: one level per face, corners (B, P, 2) with P >= 1, out "
+                         "(B * P, 8C)")
+    for b in range(B):
+        if not _feature_shapes_ok(levels[b].shape[2], 14, w1, b1, w2, b2, wa, ba):
+            raise ValueError("levels_patch_features: levels must be (H, W, 3) and the weights as for "
+                             "patch_features")
+    w1t, w2f = _conv_layouts(w1, w2)
+    L = 14 * 14 + 2
+    shared = np.zeros(B, np.int64)
+    for b in prange(B):
+        level = levels[np.int64(b)]            # (a prange index may be unsigned; the list wants int64)
+        p1 = np.empty((C, 36), np.float32)
+        c2 = np.empty(16 * C, np.float32)
+        feat = np.empty(F, np.float32)
+        part = np.empty(F, np.float32)
+        ylo, xlo, Hm, Wm, run0, run1 = _conv1_map_plan(corners[b])
+        if run0.shape[0] == 0:                           # one by one
+            xt = np.zeros(CONV1_IN * L, np.float32)
+            c1 = np.empty((C, 12 * 14), np.float32)
+            for p in range(P):
+                _patch_input_from_level(level, corners[b, p, 0], corners[b, p, 1], xt, L)
+                _patch_from_input(xt, L, w1t, b1, w2f, b2, wa, ba, c1, p1, c2, feat, part, out[b * P + p])
+        else:
+            shared[b] = 1
+            xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
+            Wr = Wm + 2
+            c1 = np.empty((C, Hm * Wr), np.float32)
+            for o in range(C):
+                for k in range(run0.shape[0]):
+                    _conv1_span(xin, w1t[o], b1[o], c1[o], uint64(Wr), uint64(Lr), run0[k], run1[k])
+            for p in range(P):
+                _pool1(c1, (corners[b, p, 1] - ylo) * Wr + corners[b, p, 0] - xlo, Wr, p1, 6)
+                _gated_from_pool1(p1, 6, w2f, b2, wa, ba, c2, feat, part, out[b * P + p])
+    return shared.sum()

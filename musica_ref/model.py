@@ -132,7 +132,7 @@ class MuSiCa:
         trace = []
         for i, L in enumerate(geometry.ITERATION_LEVELS):
             centres = init0[active][:, idx] / 2 ** L + d[active][:, idx]                    # (Fa, P, 2)
-            corners = [geometry.patch_corners(c) for c in centres]
+            corners = geometry.patch_corners(centres)                                       # (Fa, P, 2)
             step = Counter()
             if keep:        # extract the patches and keep every intermediate
                 patches = np.concatenate([

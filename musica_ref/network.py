@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+from numba.typed import List
 
 from . import kernels
 from .geometry import PATCH_SIZE
@@ -91,14 +92,16 @@ def iteration_forward(patches, h_prev, w, counter: Counter | None = None, keep: 
 
 def iteration_forward_levels(levels, corners, h_prev, w, counter: Counter | None = None):
     """iteration_forward(patches, h_prev, w, counter) for the patches at `corners` of `levels`, without
-    extracting them, bit for bit: levels is a list of B pyramid levels (H_b, W_b, 3) float32 and corners a
-    list of B arrays (P, 2) int64 (top-left (col, row) of each patch, geometry.patch_corners).
-    kernels.level_patch_features computes conv1 once per level position for the overlapping patches of a
-    face. Returns (out (B, 2N+1), hidden (B, 512))."""
-    P = corners[0].shape[0]
-    gated = np.empty((len(levels) * P, FEATURES), np.float32)
-    for b, (level, c) in enumerate(zip(levels, corners)):
-        kernels.level_patch_features(level, c, *_feature_weights(w), gated[b * P:(b + 1) * P])
+    extracting them, bit for bit: levels is a list of B pyramid levels (H_b, W_b, 3) float32 and corners
+    (B, P, 2) int64 (top-left (col, row) of each patch, geometry.patch_corners). The kernels compute conv1
+    once per level position for the overlapping patches of a face; one face splits its work between the
+    threads, several faces go one per thread. Returns (out (B, 2N+1), hidden (B, 512))."""
+    B, P = corners.shape[:2]
+    gated = np.empty((B * P, FEATURES), np.float32)
+    if B == 1:
+        kernels.level_patch_features(levels[0], corners[0], *_feature_weights(w), gated)
+    else:
+        kernels.levels_patch_features(List(levels), corners, *_feature_weights(w), gated)
     return _recurrent_head(gated, h_prev, w, counter)
 
 

@@ -12,6 +12,7 @@ Tolerances, per operation (eps = float32 machine epsilon, 1.19e-7):
 The bounds were set from the arithmetic, not from observed differences.
 """
 import numpy as np
+from numba.typed import List
 import pytest
 import scipy.ndimage as ndi
 import scipy.special
@@ -268,23 +269,28 @@ def test_patch_features_rejects_wrong_shapes():
         K.patch_features(rnd(rng, (2, 14, 14, 3)), w1, b, w2, b, wa[:16], ba)  # attention too small
 
 
-@given(seed=seeds, H=st.integers(1, 40), W=st.integers(1, 40), P=st.integers(1, 30), spread=st.integers(0, 40),
-       C=st.sampled_from([2, 32]), bias_shift=st.sampled_from([-1.0, 0.0]))
-def test_level_patch_features_is_bit_identical_to_the_layers(seed, H, W, P, spread, C, bias_shift):
+@given(seed=seeds, B=st.integers(1, 4), H=st.integers(1, 40), W=st.integers(1, 40), P=st.integers(1, 30),
+       spread=st.integers(0, 40), C=st.sampled_from([2, 32]), bias_shift=st.sampled_from([-1.0, 0.0]))
+def test_level_patch_features_is_bit_identical_to_the_layers(seed, B, H, W, P, spread, C, bias_shift):
     """Reading the patches from the level (conv1 shared between overlapping patches, or one by one when they
-    overlap little) gives the layer-by-layer result on the extracted patches, bit for bit; patches may lie
-    partly or wholly outside the level."""
+    overlap little) gives the layer-by-layer result on the extracted patches, bit for bit, one face at a
+    time and many faces at once (levels of different sizes); patches may lie partly or wholly outside."""
     rng = np.random.default_rng(seed)
-    level = rnd(rng, (H, W, 3))
-    centre = rng.integers(-16, max(H, W) + 4, 2)
-    corners = (centre + rng.integers(-spread, spread + 1, (P, 2))).astype(np.int64)
+    levels = [rnd(rng, (H + 3 * b, W + b, 3)) for b in range(B)]
+    corners = np.stack([(rng.integers(-16, max(H, W) + 4, 2) + rng.integers(-spread, spread + 1, (P, 2)))
+                        for _ in range(B)]).astype(np.int64)
     w1, w2 = rnd(rng, (3, 3, 3, C)), rnd(rng, (3, 3, C, C))
     b1, b2 = rnd(rng, (C,)) + np.float32(bias_shift), rnd(rng, (C,)) + np.float32(bias_shift)
     wa, ba = rnd(rng, (8 * C, 8 * C), 0.1), rnd(rng, (8 * C,))
-    out = np.full((P, 8 * C), np.nan, np.float32)
-    K.level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out)
-    want = _features_layer_by_layer(K.extract_patches(level, corners, 14), w1, b1, w2, b2, wa, ba)
-    np.testing.assert_array_equal(out, want)
+    want = np.concatenate([_features_layer_by_layer(K.extract_patches(lv, c, 14), w1, b1, w2, b2, wa, ba)
+                           for lv, c in zip(levels, corners)])
+    one = np.full((B * P, 8 * C), np.nan, np.float32)
+    for b in range(B):
+        K.level_patch_features(levels[b], corners[b], w1, b1, w2, b2, wa, ba, one[b * P:(b + 1) * P])
+    np.testing.assert_array_equal(one, want)
+    many = np.full((B * P, 8 * C), np.nan, np.float32)
+    K.levels_patch_features(List(levels), corners, w1, b1, w2, b2, wa, ba, many)
+    np.testing.assert_array_equal(many, want)
 
 
 @pytest.mark.parametrize("spread, shared", [(3, True), (60, False)])
@@ -295,10 +301,14 @@ def test_level_patch_features_takes_both_paths(spread, shared):
     corners = (np.array([20, 18]) + rng.integers(-spread, spread + 1, (24, 2))).astype(np.int64)
     w1, w2, wa = rnd(rng, (3, 3, 3, 32)), rnd(rng, (3, 3, 32, 32)), rnd(rng, (256, 256), 0.1)
     b, ba = rnd(rng, (32,)), rnd(rng, (256,))
+    want = _features_layer_by_layer(K.extract_patches(level, corners, 14), w1, b, w2, b, wa, ba)
     out = np.empty((24, 256), np.float32)
     assert K.level_patch_features(level, corners, w1, b, w2, b, wa, ba, out) == shared
-    np.testing.assert_array_equal(out, _features_layer_by_layer(K.extract_patches(level, corners, 14),
-                                                                w1, b, w2, b, wa, ba))
+    np.testing.assert_array_equal(out, want)
+    out2 = np.empty((48, 256), np.float32)
+    assert K.levels_patch_features(List([level, level]), np.stack([corners, corners]), w1, b, w2, b, wa, ba,
+                                   out2) == 2 * shared
+    np.testing.assert_array_equal(out2, np.concatenate([want, want]))
 
 
 def test_level_patch_features_rejects_wrong_shapes():
@@ -312,6 +322,12 @@ def test_level_patch_features_rejects_wrong_shapes():
         K.level_patch_features(level, corners[:0], w1, b, w2, b, wa, ba, np.empty((0, 32), np.float32))  # P = 0
     with pytest.raises(ValueError, match="level_patch_features"):
         K.level_patch_features(rnd(rng, (20, 20, 1)), corners, w1, b, w2, b, wa, ba, np.empty((3, 32), np.float32))
+    with pytest.raises(ValueError, match="levels_patch_features"):      # one level for two faces
+        K.levels_patch_features(List([level]), np.stack([corners, corners]), w1, b, w2, b, wa, ba,
+                                np.empty((6, 32), np.float32))
+    with pytest.raises(ValueError, match="levels_patch_features"):      # a level with one channel
+        K.levels_patch_features(List([level, rnd(rng, (20, 20, 1))]), np.stack([corners, corners]), w1, b, w2, b,
+                                wa, ba, np.empty((6, 32), np.float32))
 
 
 # --- int8 recurrent weights ------------------------------------------------------------------------------------

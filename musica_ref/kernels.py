@@ -446,18 +446,32 @@ CONV1_IN = 3
 @njit(cache=True)
 def _conv1_span(xt, wcol, bias, dst, S, L, n0, n1):
     """One output channel of conv1 on channel-major rows of width S: dst[n] = bias + sum over (c, di, dj) in
-    order of xt[c * L + n + di * S + dj] * wcol[(c * 3 + di) * 3 + dj], for n0 <= n < n1. The 27 terms are a
-    fixed unrolled sequence inside the n loop, so the sum of each output stays in a register and the n loop
-    vectorises. S, L, n0, n1 are uint64: non-negative indices let the loads be plain vector loads (a signed
-    index may wrap around, which turns every load into a gather)."""
-    three = uint64(3)
+    order of xt[c * L + n + di * S + dj] * wcol[(c * 3 + di) * 3 + dj], for n0 <= n < n1. One pass over the
+    span per input channel, its 9 taps a fixed unrolled sequence inside the n loop (which vectorises): a
+    chain of 9 dependent additions per output and pass, so the loop keeps several vectors in flight. S, L,
+    n0, n1 are uint64: non-negative indices let the loads be plain vector loads (a signed index may wrap
+    around, which turns every load into a gather)."""
     for n in range(n0, n1):
-        acc = bias
-        for c in range(uint64(CONV1_IN)):
-            for di in range(three):
-                for dj in range(three):
-                    acc += xt[c * L + n + di * S + dj] * wcol[(c * three + di) * three + dj]
-        dst[n] = acc
+        dst[n] = bias
+    S2 = S + S
+    for c in range(CONV1_IN):
+        w0, w1, w2 = wcol[c * 9], wcol[c * 9 + 1], wcol[c * 9 + 2]
+        w3, w4, w5 = wcol[c * 9 + 3], wcol[c * 9 + 4], wcol[c * 9 + 5]
+        w6, w7, w8 = wcol[c * 9 + 6], wcol[c * 9 + 7], wcol[c * 9 + 8]
+        base = uint64(c) * L
+        for n in range(n0, n1):
+            a = dst[n]
+            i = base + n
+            a += xt[i] * w0
+            a += xt[i + uint64(1)] * w1
+            a += xt[i + uint64(2)] * w2
+            a += xt[i + S] * w3
+            a += xt[i + S + uint64(1)] * w4
+            a += xt[i + S + uint64(2)] * w5
+            a += xt[i + S2] * w6
+            a += xt[i + S2 + uint64(1)] * w7
+            a += xt[i + S2 + uint64(2)] * w8
+            dst[n] = a
 
 
 @njit(cache=True)
@@ -620,24 +634,38 @@ def _conv_layouts(w1, w2):
     return w1t, w2f
 
 
+# FEATURE_ITEM patches lie side by side in a group's input: patch k's channel c at xt[c * GROUP_L + k * 196:]
+GROUP_L = FEATURE_ITEM * 14 * 14 + 2
+
+
 @njit(cache=True)
-def _patch_from_input(xt, L, w1t, b1, w2f, b2, wa, ba, c1, p1, c2, feat, part, out):
-    """One 14x14 patch, given channel-major in xt (channel c at xt[c * L:], rows of width 14, L = 14 * 14 + 2),
-    through the whole feature extractor into out (8C,). conv1 output n = i * 14 + j (j >= 12 unused) reads
-    input n + di * 14 + dj of each channel. c1 (C, 12 * 14), p1 (C, 36), c2, feat, part: scratch."""
-    S = 14
-    S1 = S - 2            # conv1 output side
-    Q1 = S1 // 2          # pool1 side
+def _group_scratch(C):
+    """Scratch of one work item of the feature kernels: (xt, c1, p1, c2, feat, part)."""
+    return (np.zeros(CONV1_IN * GROUP_L, np.float32), np.empty((C, FEATURE_ITEM * 14 * 14), np.float32),
+            np.empty((C, 36), np.float32), np.empty(16 * C, np.float32), np.empty(8 * C, np.float32),
+            np.empty(8 * C, np.float32))
+
+
+@njit(cache=True)
+def _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, p0):
+    """n <= FEATURE_ITEM 14x14 patches, laid out side by side in the scratch's xt (patch k's channel c at
+    xt[c * GROUP_L + k * 196:], rows of width 14), through the whole feature extractor into out[p0 + k].
+    conv1 runs as one span over the n patches: output k * 196 + i * 14 + j reads input k * 196 + (i + di) * 14
+    + j + dj of each channel (outputs with j >= 12, i >= 12 or between patches are computed and not read),
+    so the 32 channels take 32 long vector loops instead of 32 n short ones."""
+    xt, c1, p1, c2, feat, part = scratch
+    A = 14 * 14
     for o in range(w1t.shape[0]):
-        _conv1_span(xt, w1t[o], b1[o], c1[o], uint64(S), uint64(L), uint64(0), uint64(S1 * S))
-    _pool1(c1, 0, S, p1, Q1)
-    _gated_from_pool1(p1, Q1, w2f, b2, wa, ba, c2, feat, part, out)
+        _conv1_span(xt, w1t[o], b1[o], c1[o], uint64(14), uint64(GROUP_L), uint64(0), uint64((n - 1) * A + 12 * 14))
+    for k in range(n):
+        _pool1(c1, k * A, 14, p1, 6)
+        _gated_from_pool1(p1, 6, w2f, b2, wa, ba, c2, feat, part, out[p0 + k])
 
 
 @njit(cache=True)
-def _patch_input_from_level(level, c0, r0, xt, L):
-    """The 14x14 patch of level (H, W, Cin) with top-left (col c0, row r0) into xt, channel-major (channel c at
-    xt[c * L:]), zeros outside the level: what extract_patches gives, laid out for _patch_from_input."""
+def _patch_input_from_level(level, c0, r0, xt, k):
+    """The 14x14 patch of level (H, W, Cin) with top-left (col c0, row r0) into slot k of a group's input xt
+    (channel c at xt[c * GROUP_L + k * 196:]), zeros outside the level: what extract_patches gives."""
     H, W, Cin = level.shape
     S = 14
     for r in range(S):
@@ -646,7 +674,7 @@ def _patch_input_from_level(level, c0, r0, xt, L):
             x = c0 + cc
             inside = 0 <= y < H and 0 <= x < W
             for c in range(Cin):
-                xt[c * L + r * S + cc] = level[y, x, c] if inside else np.float32(0.0)
+                xt[c * GROUP_L + k * S * S + r * S + cc] = level[y, x, c] if inside else np.float32(0.0)
 
 
 @njit(parallel=True, cache=True)
@@ -670,21 +698,18 @@ def patch_features(patches, w1, b1, w2, b2, wa, ba):
         raise ValueError("patch_features: patches must be (BP, 14, 14, 3), w1 (3, 3, 3, C), w2 (3, 3, C, C), "
                          "wa (8C, 8C), with biases to match")
     w1t, w2f = _conv_layouts(w1, w2)
-    L = S * S + 2                                          # padded length of one input channel
     gated = np.empty((BP, F), np.float32)
     for t in prange((BP + FEATURE_ITEM - 1) // FEATURE_ITEM):
-        xt = np.zeros(Cin * L, np.float32)
-        c1 = np.empty((C, (S - 2) * S), np.float32)
-        p1 = np.empty((C, 36), np.float32)
-        c2 = np.empty(16 * C, np.float32)
-        feat = np.empty(F, np.float32)
-        part = np.empty(F, np.float32)
-        for p in range(t * FEATURE_ITEM, min(BP, (t + 1) * FEATURE_ITEM)):
+        scratch = _group_scratch(C)
+        xt = scratch[0]
+        p0 = t * FEATURE_ITEM
+        n = min(BP, p0 + FEATURE_ITEM) - p0
+        for k in range(n):
             for r in range(S):
                 for cc in range(S):
                     for c in range(Cin):
-                        xt[c * L + r * S + cc] = patches[p, r, cc, c]
-            _patch_from_input(xt, L, w1t, b1, w2f, b2, wa, ba, c1, p1, c2, feat, part, gated[p])
+                        xt[c * GROUP_L + k * S * S + r * S + cc] = patches[p0 + k, r, cc, c]
+        _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, gated, p0)
     return gated
 
 
@@ -788,18 +813,14 @@ def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out):
                          "(P, 8C), and the weights as for patch_features")
     w1t, w2f = _conv_layouts(w1, w2)
     ylo, xlo, Hm, Wm, run0, run1 = _conv1_map_plan(corners)
-    L = 14 * 14 + 2
     if run0.shape[0] == 0:                               # one by one
         for t in prange((P + FEATURE_ITEM - 1) // FEATURE_ITEM):
-            xt = np.zeros(Cin * L, np.float32)
-            c1 = np.empty((C, 12 * 14), np.float32)
-            p1 = np.empty((C, 36), np.float32)
-            c2 = np.empty(16 * C, np.float32)
-            feat = np.empty(F, np.float32)
-            part = np.empty(F, np.float32)
-            for p in range(t * FEATURE_ITEM, min(P, (t + 1) * FEATURE_ITEM)):
-                _patch_input_from_level(level, corners[p, 0], corners[p, 1], xt, L)
-                _patch_from_input(xt, L, w1t, b1, w2f, b2, wa, ba, c1, p1, c2, feat, part, out[p])
+            scratch = _group_scratch(C)
+            p0 = t * FEATURE_ITEM
+            n = min(P, p0 + FEATURE_ITEM) - p0
+            for k in range(n):
+                _patch_input_from_level(level, corners[p0 + k, 0], corners[p0 + k, 1], scratch[0], k)
+            _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, p0)
         return False
     xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
     Wr = Wm + 2
@@ -835,7 +856,6 @@ def levels_patch_features(levels, corners, w1, b1, w2, b2, wa, ba, out):
             raise ValueError("levels_patch_features: levels must be (H, W, 3) and the weights as for "
                              "patch_features")
     w1t, w2f = _conv_layouts(w1, w2)
-    L = 14 * 14 + 2
     shared = np.zeros(B, np.int64)
     for b in prange(B):
         level = levels[np.int64(b)]            # (a prange index may be unsigned; the list wants int64)
@@ -844,12 +864,13 @@ def levels_patch_features(levels, corners, w1, b1, w2, b2, wa, ba, out):
         feat = np.empty(F, np.float32)
         part = np.empty(F, np.float32)
         ylo, xlo, Hm, Wm, run0, run1 = _conv1_map_plan(corners[b])
-        if run0.shape[0] == 0:                           # one by one
-            xt = np.zeros(CONV1_IN * L, np.float32)
-            c1 = np.empty((C, 12 * 14), np.float32)
-            for p in range(P):
-                _patch_input_from_level(level, corners[b, p, 0], corners[b, p, 1], xt, L)
-                _patch_from_input(xt, L, w1t, b1, w2f, b2, wa, ba, c1, p1, c2, feat, part, out[b * P + p])
+        if run0.shape[0] == 0:                           # one by one, FEATURE_ITEM at a time
+            scratch = _group_scratch(C)
+            for p0 in range(0, P, FEATURE_ITEM):
+                n = min(P, p0 + FEATURE_ITEM) - p0
+                for k in range(n):
+                    _patch_input_from_level(level, corners[b, p0 + k, 0], corners[b, p0 + k, 1], scratch[0], k)
+                _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, b * P + p0)
         else:
             shared[b] = 1
             xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)

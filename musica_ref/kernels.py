@@ -285,9 +285,10 @@ def _fc_chunk(x, weight, r0, nr, c, acc):
     """acc[r] = sum over k of chunk c (in order) of x[r0 + r, k] * weight[k], starting from 0; inputs that are
     exactly 0 are skipped (adding 0 * w, w finite, leaves every partial sum as it is, bit for bit).
     weight is float32, or int8 (converted to float32 exactly).
-    For each input, its nonzero inputs are listed first and their weight rows taken four at a time: four
-    terms added in order to each output in one pass (four row streams in flight, each output loaded and
-    stored once per four rows); the chunk's rows stay in cache for the next input of the block."""
+    For each input, its nonzero inputs are listed first and their weight rows taken eight at a time: eight
+    terms added in order to each output in one pass (eight row streams in flight for the memory system, each
+    output loaded and stored once per eight rows); the chunk's rows stay in cache for the next input of the
+    block."""
     K, M = weight.shape
     k0, k1 = c * FC_KCHUNK, min(K, (c + 1) * FC_KCHUNK)
     ks = np.empty(k1 - k0, np.int64)
@@ -303,17 +304,23 @@ def _fc_chunk(x, weight, r0, nr, c, acc):
                 xs[n] = xv
                 n += 1
         q = 0
-        while q + 4 <= n:
+        while q + 8 <= n:
             ka, kb, kc, kd = ks[q], ks[q + 1], ks[q + 2], ks[q + 3]
+            ke, kf, kg, kh = ks[q + 4], ks[q + 5], ks[q + 6], ks[q + 7]
             xa, xb, xc, xd = xs[q], xs[q + 1], xs[q + 2], xs[q + 3]
+            xe, xf, xg, xh = xs[q + 4], xs[q + 5], xs[q + 6], xs[q + 7]
             for j in range(M):
                 a = acc[r, j]
                 a += xa * np.float32(weight[ka, j])
                 a += xb * np.float32(weight[kb, j])
                 a += xc * np.float32(weight[kc, j])
                 a += xd * np.float32(weight[kd, j])
+                a += xe * np.float32(weight[ke, j])
+                a += xf * np.float32(weight[kf, j])
+                a += xg * np.float32(weight[kg, j])
+                a += xh * np.float32(weight[kh, j])
                 acc[r, j] = a
-            q += 4
+            q += 8
         for t in range(q, n):
             kt, xt = ks[t], xs[t]
             for j in range(M):

@@ -486,18 +486,19 @@ def _pool1(c1, base, S, p1, Q1):
     """ReLU + 2x2 max-pool of the 2Q1 x 2Q1 block of conv1 that starts at flat index base (channel-major, rows
     of width S) into p1 (C, Q1 * Q1), channel-major. Each output is ReLU(max of its 4 inputs): the max of the
     ReLUs, as ReLU is monotone; the max of 4 finite numbers does not depend on the order it is taken in (up
-    to the sign of a zero, which ReLU removes)."""
+    to the sign of a zero, which ReLU removes). Per channel: the row pairs' maxima first (contiguous), then
+    the column pairs of all Q1 x Q1 outputs in one loop (long enough to vectorise)."""
     zero = np.float32(0.0)
-    rowmax = np.empty(2 * Q1, np.float32)
+    rowmax = np.empty(4 * Q1 * Q1, np.float32)      # rowmax[i * 2Q1 + n]: max of rows 2i and 2i + 1, column n
     for o in range(c1.shape[0]):
         for i in range(Q1):
             r0 = uint64(base + 2 * i * S)
             r1 = uint64(base + (2 * i + 1) * S)
-            for n in range(uint64(2 * Q1)):          # the two rows, columns 0 .. 2 * Q1 - 1: contiguous
-                rowmax[n] = max(c1[o, r0 + n], c1[o, r1 + n])
-            for j in range(Q1):
-                m = max(rowmax[2 * j], rowmax[2 * j + 1])
-                p1[o, i * Q1 + j] = m if m > zero else zero
+            for n in range(uint64(2 * Q1)):
+                rowmax[i * 2 * Q1 + n] = max(c1[o, r0 + n], c1[o, r1 + n])
+        for q in range(Q1 * Q1):
+            m = max(rowmax[2 * q], rowmax[2 * q + 1])
+            p1[o, q] = m if m > zero else zero
 
 
 @njit(cache=True)

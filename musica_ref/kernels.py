@@ -74,6 +74,55 @@ def _axis_taps(origin, step, n_out, size):
 RESAMPLE_ROWS = 16
 
 
+@njit(cache=True)
+def _resample_setup(image, origin_x, origin_y, step, out_h, out_w):
+    """The taps of both axes and the source columns that any output uses: (fx, wx, fy, wy, c_lo, n), n the
+    number of source values (columns x channels) of one row from column c_lo; n = 0 if none."""
+    H, W, C = image.shape
+    if not step > 0.0 or out_h < 1 or out_w < 1:
+        raise ValueError("resample: step must be > 0 and the output at least 1x1")
+    fx, wx = _axis_taps(origin_x, step, out_w, W)
+    fy, wy = _axis_taps(origin_y, step, out_h, H)
+    c_lo = max(0, fx[0])
+    c_hi = min(W - 1, fx[out_w - 1] + wx.shape[1] - 1)
+    return fx, wx, fy, wy, c_lo, max(0, (c_hi - c_lo + 1) * C)
+
+
+@njit(cache=True)
+def _resample_tile(rows, C, fx, wx, fy, wy, c_lo, n, flat, tile):
+    """Output rows tile * RESAMPLE_ROWS .. of one resampling (see resample) into flat (out_h, out_w * C)."""
+    out_h, out_w = flat.shape[0], fx.shape[0]
+    Tx, Ty = wx.shape[1], wy.shape[1]
+    RB = RESAMPLE_ROWS
+    r0 = tile * RB
+    nr = min(out_h, r0 + RB) - r0
+    blend = np.zeros((RB, n), np.float64)           # vertical pass: blend[r, k] for output row r0 + r
+    for r in range(nr):
+        for t in range(Ty):
+            wt = wy[r0 + r, t]
+            if wt != 0.0:                            # taps outside the image have weight 0
+                src = rows[fy[r0 + r] + t, c_lo * C:c_lo * C + n]
+                for k in range(n):
+                    blend[r, k] += wt * src[k]
+    blend_t = np.empty((n, RB), np.float64)          # the tile transposed: column-channel k, then row
+    for k in range(n):
+        for r in range(RB):
+            blend_t[k, r] = blend[r, k]
+    acc = np.empty(RB, np.float64)
+    for c in range(out_w):                           # horizontal pass, all rows of the tile at once
+        for ch in range(C):
+            for r in range(RB):
+                acc[r] = 0.0
+            for t in range(Tx):
+                wt = wx[c, t]
+                if wt != 0.0:
+                    k = (fx[c] + t - c_lo) * C + ch
+                    for r in range(RB):
+                        acc[r] += wt * blend_t[k, r]
+            for r in range(nr):
+                flat[r0 + r, c * C + ch] = acc[r]
+
+
 @njit(parallel=True, cache=True)
 def resample(image, origin_x, origin_y, step, out_h, out_w):
     """Axis-aligned affine resampling, bilinear, antialiased when it shrinks (kernels_ref.kernel_1d), zeros
@@ -81,57 +130,46 @@ def resample(image, origin_x, origin_y, step, out_h, out_w):
 
     image (H, W, C) uint8 or float32; output pixel (r, c) is centred at source
     (origin_x + step * c, origin_y + step * r); returns (out_h, out_w, C) float32.
-    Separable, vertical pass first, on tiles of RESAMPLE_ROWS output rows: the vertical pass blends the
-    source rows under each output row (contiguous multiply-adds along the source columns that matter, which
-    vectorise); the tile is transposed in cache, so the horizontal pass runs along the tile's rows (a short
-    contiguous vector per tap) instead of one scalar at a time. Each output is the same sum in the same order
-    either way: vertical taps in order, then horizontal taps in order, taps of weight 0 skipped.
-    Accumulator: float64.
+    Separable, vertical pass first, on tiles of RESAMPLE_ROWS output rows (the tiles run in parallel): the
+    vertical pass blends the source rows under each output row (contiguous multiply-adds along the source
+    columns that matter, which vectorise); the tile is transposed in cache, so the horizontal pass runs
+    along the tile's rows (a short contiguous vector per tap) instead of one scalar at a time. Each output is
+    the same sum in the same order either way: vertical taps in order, then horizontal taps in order, taps
+    of weight 0 skipped. Accumulator: float64.
     """
     H, W, C = image.shape
-    if not step > 0.0 or out_h < 1 or out_w < 1:
-        raise ValueError("resample: step must be > 0 and the output at least 1x1")
-    fx, wx = _axis_taps(origin_x, step, out_w, W)
-    fy, wy = _axis_taps(origin_y, step, out_h, H)
-    Tx, Ty = wx.shape[1], wy.shape[1]
+    fx, wx, fy, wy, c_lo, n = _resample_setup(image, origin_x, origin_y, step, out_h, out_w)
     out = np.zeros((out_h, out_w, C), np.float32)
-    c_lo = max(0, fx[0])
-    c_hi = min(W - 1, fx[out_w - 1] + Tx - 1)
-    if c_hi < c_lo:
+    if n == 0:
         return out
-    n = (c_hi - c_lo + 1) * C                       # the source values of one row that any output uses
     rows = np.ascontiguousarray(image).reshape(H, W * C)
     flat = out.reshape(out_h, out_w * C)
-    RB = RESAMPLE_ROWS
-    for tile in prange((out_h + RB - 1) // RB):
-        r0 = tile * RB
-        nr = min(out_h, r0 + RB) - r0
-        blend = np.zeros((RB, n), np.float64)       # vertical pass: blend[r, k] for output row r0 + r
-        for r in range(nr):
-            for t in range(Ty):
-                wt = wy[r0 + r, t]
-                if wt != 0.0:                        # taps outside the image have weight 0
-                    src = rows[fy[r0 + r] + t, c_lo * C:c_lo * C + n]
-                    for k in range(n):
-                        blend[r, k] += wt * src[k]
-        blend_t = np.empty((n, RB), np.float64)      # the tile transposed: column-channel k, then row
-        for k in range(n):
-            for r in range(RB):
-                blend_t[k, r] = blend[r, k]
-        acc = np.empty(RB, np.float64)
-        for c in range(out_w):                       # horizontal pass, all rows of the tile at once
-            for ch in range(C):
-                for r in range(RB):
-                    acc[r] = 0.0
-                for t in range(Tx):
-                    wt = wx[c, t]
-                    if wt != 0.0:
-                        k = (fx[c] + t - c_lo) * C + ch
-                        for r in range(RB):
-                            acc[r] += wt * blend_t[k, r]
-                for r in range(nr):
-                    flat[r0 + r, c * C + ch] = acc[r]
+    for tile in prange((out_h + RESAMPLE_ROWS - 1) // RESAMPLE_ROWS):
+        _resample_tile(rows, C, fx, wx, fy, wy, c_lo, n, flat, tile)
     return out
+
+
+@njit(parallel=True, cache=True)
+def resample_many(image, origins_x, origins_y, steps, outs):
+    """Many resamplings of one image at once, one per thread at a time: outs[i] (a numba.typed.List of
+    (H_i, W_i, C) float32 arrays, filled with zeros by the caller) = resample(image, origins_x[i],
+    origins_y[i], steps[i], H_i, W_i), bit for bit (the same tiles in the same order)."""
+    H, W, C = image.shape
+    rows = np.ascontiguousarray(image).reshape(H, W * C)
+    J = len(outs)
+    if origins_x.shape[0] != J or origins_y.shape[0] != J or steps.shape[0] != J:
+        raise ValueError("resample_many: one origin and step per output")
+    for i in range(J):
+        if outs[i].shape[2] != C:
+            raise ValueError("resample_many: every output needs the image's channels")
+    for i in prange(J):
+        out = outs[np.int64(i)]                    # (a prange index may be unsigned; the list wants int64)
+        out_h, out_w = out.shape[0], out.shape[1]
+        fx, wx, fy, wy, c_lo, n = _resample_setup(image, origins_x[i], origins_y[i], steps[i], out_h, out_w)
+        if n > 0:
+            flat = out.reshape(out_h, out_w * C)
+            for tile in range((out_h + RESAMPLE_ROWS - 1) // RESAMPLE_ROWS):
+                _resample_tile(rows, C, fx, wx, fy, wy, c_lo, n, flat, tile)
 
 
 # mean_std sums in this many interleaved partial sums
@@ -177,6 +215,26 @@ def normalise_levels(levels_flat, mean, std):
     for i in range(levels_flat.size):
         out[i] = np.float32((levels_flat[i] - mean) / std)
     return out
+
+
+@njit(parallel=True, cache=True)
+def normalise_pyramids(levels, n_levels):
+    """Normalise many pyramids in place, one per thread at a time: levels (numba.typed.List) holds n_levels
+    flat float32 levels per face, face after face, level 0 first. Each face's levels become
+    (x - mean) / std with mean and std = mean_std(its level 0) (std 0 -> 1), exactly as
+    normalise_levels(level, mean, std) (pyramid.normalisation)."""
+    F = len(levels) // n_levels
+    if F * n_levels != len(levels):
+        raise ValueError("normalise_pyramids: n_levels levels per face")
+    for f in prange(F):
+        f0 = np.int64(f) * n_levels
+        mean, std = mean_std(levels[f0])
+        if not std > 0.0:
+            std = 1.0
+        for L in range(n_levels):
+            x = levels[f0 + L]
+            for i in range(x.size):
+                x[i] = np.float32((x[i] - mean) / std)
 
 
 # --- patches --------------------------------------------------------------------------------------------------

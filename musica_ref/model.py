@@ -27,7 +27,7 @@ from . import geometry, kernels
 from .errors import InputError
 from .io import as_rgb
 from .network import HIDDEN, iteration_forward, iteration_forward_levels
-from .pyramid import build_pyramid
+from .pyramid import build_pyramid, build_pyramids
 from .quantize import with_precision
 from .weights import Weights, load_weights
 
@@ -107,14 +107,18 @@ class MuSiCa:
             raise InputError(f"got {len(images)} images for {len(boxes)} boxes; give one image, or one per box")
         results = []
         for k in range(0, len(boxes), BATCH_CHUNK):          # bounded memory: pyramids of one chunk at a time
-            prepared = {}
-            faces = []
-            for img, box in zip(images[k:k + BATCH_CHUNK], boxes[k:k + BATCH_CHUNK]):
+            prepared = {}                                   # id(image) -> (rgb, [(face index, frame)])
+            for i, (img, box) in enumerate(zip(images[k:k + BATCH_CHUNK], boxes[k:k + BATCH_CHUNK])):
                 if id(img) not in prepared:                  # one conversion per distinct image
-                    prepared[id(img)] = as_rgb(img)
-                rgb = prepared[id(img)]
-                frame = geometry.face_frame(geometry.check_box(box, rgb.shape))
-                faces.append((frame, build_pyramid(rgb, frame)))
+                    prepared[id(img)] = (as_rgb(img), [])
+                rgb, members = prepared[id(img)]
+                members.append((i, geometry.face_frame(geometry.check_box(box, rgb.shape))))
+            faces = [None] * min(BATCH_CHUNK, len(boxes) - k)
+            for rgb, members in prepared.values():          # the pyramids of one image's faces together
+                levels = build_pyramids(rgb, [fr for _, fr in members]) if len(members) > 1 else \
+                    [build_pyramid(rgb, members[0][1])]
+                for (i, fr), lv in zip(members, levels):
+                    faces[i] = (fr, lv)
             results += self._cascade(faces, ts, tf)
         return results
 

@@ -3,6 +3,7 @@ normalised by the mean and standard deviation of level 0."""
 from __future__ import annotations
 
 import numpy as np
+from numba.typed import List
 
 from . import kernels
 from .geometry import N_LEVELS, FaceFrame, sampling_grid
@@ -25,3 +26,18 @@ def build_pyramid(image, frame: FaceFrame) -> list[np.ndarray]:
         raw.append(kernels.resample(image, ox, oy, step, h, w))
     mean, std = normalisation(raw[0])
     return [kernels.normalise_levels(r.reshape(-1), mean, std).reshape(r.shape) for r in raw]
+
+
+def build_pyramids(image, frames) -> list[list[np.ndarray]]:
+    """build_pyramid(image, frame) for every frame, bit for bit, the faces' resamplings and normalisations
+    shared out between the threads (one face's level per thread at a time). image (H, W, 3) uint8 or
+    float32 -> one [level 0, 1, 2] list per frame."""
+    jobs = [(sampling_grid(fr, L), fr) for fr in frames for L in range(N_LEVELS)]
+    outs = [np.zeros((h, w, image.shape[2]), np.float32) for ((_, _, (h, w)), _) in jobs]
+    if not outs:
+        return []
+    kernels.resample_many(image, np.array([g[0][0] for g, _ in jobs], np.float64),
+                          np.array([g[0][1] for g, _ in jobs], np.float64),
+                          np.array([g[1] for g, _ in jobs], np.float64), List(outs))
+    kernels.normalise_pyramids(List([o.reshape(-1) for o in outs]), N_LEVELS)
+    return [outs[k:k + N_LEVELS] for k in range(0, len(outs), N_LEVELS)]

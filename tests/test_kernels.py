@@ -236,6 +236,21 @@ def test_kernels_refuse_mismatched_shapes_instead_of_reading_out_of_bounds():
             kernel(*args)
 
 
+@given(seed=seeds, n=st.integers(1, 5), dtype=st.sampled_from([np.uint8, np.float32]))
+def test_resample_many_equals_resample(seed, n, dtype):
+    """Many resamplings of one image in one call, one per thread: each the same bits as resample alone
+    (grids partly or wholly outside the image, shrinking and enlarging)."""
+    rng = np.random.default_rng(seed)
+    img = (rng.uniform(0, 255, (23, 31, 3))).astype(dtype)
+    ox, oy = rng.uniform(-40, 50, n), rng.uniform(-40, 40, n)
+    step = rng.uniform(0.3, 6.0, n)
+    shapes = [(int(rng.integers(1, 40)), int(rng.integers(1, 40))) for _ in range(n)]
+    outs = [np.zeros((h, w, 3), np.float32) for h, w in shapes]
+    K.resample_many(img, ox, oy, step, List(outs))
+    for i, (h, w) in enumerate(shapes):
+        np.testing.assert_array_equal(outs[i], K.resample(img, ox[i], oy[i], step[i], h, w))
+
+
 # --- the fused feature extractor ------------------------------------------------------------------------------
 
 def _features_layer_by_layer(p, w1, b1, w2, b2, wa, ba):

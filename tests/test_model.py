@@ -8,7 +8,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import musica_ref as m
-from musica_ref import geometry, reference
+from musica_ref import geometry, pyramid, reference
 from musica_ref.network import INTERMEDIATES
 
 from conftest import random_model
@@ -99,6 +99,19 @@ def test_batch_equals_single_and_threads_do_not_matter(seed, n, ts_q):
         numba.set_num_threads(threads)
     for s, b, o, t in zip(single, batch, other, one_thread):
         _same(s, b), _same(s, o), _same(s, t)
+
+
+@given(seed=st.integers(0, 10**6), n=st.integers(2, 5), constant=st.booleans())
+def test_pyramids_of_many_faces_equal_one_at_a_time(seed, n, constant):
+    """build_pyramids (the faces of one image shared out between threads) == build_pyramid face by face,
+    bit for bit, also for a constant image (standard deviation 0 -> 1)."""
+    rng = np.random.default_rng(seed)
+    img = np.full((90, 120, 3), 77, np.uint8) if constant else face_image(seed, 90, 120)
+    frames = [geometry.face_frame((x, y, x + w, y + w * rng.uniform(0.7, 1.4)))
+              for x, y, w in zip(rng.uniform(-30, 100, n), rng.uniform(-30, 70, n), rng.uniform(5, 150, n))]
+    for got, fr in zip(pyramid.build_pyramids(img, frames), frames):
+        for a, b in zip(got, pyramid.build_pyramid(img, fr)):
+            np.testing.assert_array_equal(a, b)
 
 
 @given(seed=st.integers(0, 10**6), variant=st.sampled_from(["musica68", "musica19"]))

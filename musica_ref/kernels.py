@@ -700,38 +700,39 @@ def _conv_layouts(w1, w2):
     return w1t, w2f
 
 
-# FEATURE_ITEM patches lie side by side in a group's input: patch k's channel c at xt[c * GROUP_L + k * 196:]
-GROUP_L = FEATURE_ITEM * 14 * 14 + 2
+# FEATURE_ITEM patches lie side by side in a group's input, as one image 14 rows high and GROUP_W wide:
+# channel c, row r, column cc of patch k at xt[c * GROUP_L + r * GROUP_W + k * 14 + cc]
+GROUP_W = FEATURE_ITEM * 14
+GROUP_L = 14 * GROUP_W + 2
 
 
 @njit(cache=True)
 def _group_scratch(C):
     """Scratch of one work item of the feature kernels: (xt, c1, p1, c2, feat, part)."""
-    return (np.zeros(CONV1_IN * GROUP_L, np.float32), np.empty((C, FEATURE_ITEM * 14 * 14), np.float32),
+    return (np.zeros(CONV1_IN * GROUP_L, np.float32), np.empty((C, 12 * GROUP_W), np.float32),
             np.empty((C, 36), np.float32), np.empty(16 * C, np.float32), np.empty(8 * C, np.float32),
             np.empty(8 * C, np.float32))
 
 
 @njit(cache=True)
 def _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, p0):
-    """n <= FEATURE_ITEM 14x14 patches, laid out side by side in the scratch's xt (patch k's channel c at
-    xt[c * GROUP_L + k * 196:], rows of width 14), through the whole feature extractor into out[p0 + k].
-    conv1 runs as one span over the n patches: output k * 196 + i * 14 + j reads input k * 196 + (i + di) * 14
-    + j + dj of each channel (outputs with j >= 12, i >= 12 or between patches are computed and not read),
-    so the 32 channels take 32 long vector loops instead of 32 n short ones."""
+    """n <= FEATURE_ITEM 14x14 patches, side by side in the scratch's xt (see GROUP_W), through the whole
+    feature extractor into out[p0 + k]. conv1 runs as one span over the 12 output rows of the group: output
+    i * GROUP_W + j reads input (i + di) * GROUP_W + j + dj of each channel (the 2 last columns of each
+    patch are computed and not read), so the 32 channels take 32 long vector loops, not 32 n short ones."""
     xt, c1, p1, c2, feat, part = scratch
-    A = 14 * 14
     for o in range(w1t.shape[0]):
-        _conv1_span(xt, w1t[o], b1[o], c1[o], uint64(14), uint64(GROUP_L), uint64(0), uint64((n - 1) * A + 12 * 14))
+        _conv1_span(xt, w1t[o], b1[o], c1[o], uint64(GROUP_W), uint64(GROUP_L), uint64(0),
+                    uint64(11 * GROUP_W + (n - 1) * 14 + 12))
     for k in range(n):
-        _pool1(c1, k * A, 14, p1, 6)
+        _pool1(c1, k * 14, GROUP_W, p1, 6)
         _gated_from_pool1(p1, 6, w2f, b2, wa, ba, c2, feat, part, out[p0 + k])
 
 
 @njit(cache=True)
 def _patch_input_from_level(level, c0, r0, xt, k):
     """The 14x14 patch of level (H, W, Cin) with top-left (col c0, row r0) into slot k of a group's input xt
-    (channel c at xt[c * GROUP_L + k * 196:]), zeros outside the level: what extract_patches gives."""
+    (see GROUP_W), zeros outside the level: what extract_patches gives."""
     H, W, Cin = level.shape
     S = 14
     for r in range(S):
@@ -740,7 +741,7 @@ def _patch_input_from_level(level, c0, r0, xt, k):
             x = c0 + cc
             inside = 0 <= y < H and 0 <= x < W
             for c in range(Cin):
-                xt[c * GROUP_L + k * S * S + r * S + cc] = level[y, x, c] if inside else np.float32(0.0)
+                xt[c * GROUP_L + r * GROUP_W + k * S + cc] = level[y, x, c] if inside else np.float32(0.0)
 
 
 @njit(parallel=True, cache=True)
@@ -774,7 +775,7 @@ def patch_features(patches, w1, b1, w2, b2, wa, ba):
             for r in range(S):
                 for cc in range(S):
                     for c in range(Cin):
-                        xt[c * GROUP_L + k * S * S + r * S + cc] = patches[p0 + k, r, cc, c]
+                        xt[c * GROUP_L + r * GROUP_W + k * S + cc] = patches[p0 + k, r, cc, c]
         _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, gated, p0)
     return gated
 

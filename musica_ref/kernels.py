@@ -664,17 +664,12 @@ def _gated_from_pool1(p1, Q1, w2f, b2, wa, ba, c2, feat, part, out):
                 feat[base + o] = c2[((r + 1) * S2 + cc + 1) * C + o]
                 feat[base + C + o] = max(max(max(c2[q0 * C + o], c2[(q0 + 1) * C + o]),
                                              c2[(q0 + S2) * C + o]), c2[(q0 + S2 + 1) * C + o])
-    # attention = sigmoid(bias + partial), the partial summed from 0 over k (zeros skipped); gate (a feature
-    # of 0 gives 0 whatever its attention, so its sigmoid is not computed)
+    # attention = sigmoid(bias + partial): the partial is the fully connected kernel's own chunk sum (F = 8C
+    # <= FC_KCHUNK inputs make one chunk, summed from 0 over the non-zero features); gate (a feature of 0
+    # gives 0 whatever its attention, so its sigmoid is not computed)
     zero = np.float32(0.0)
     one = np.float32(1.0)
-    for j in range(F):
-        part[j] = zero
-    for k in range(F):
-        xv = feat[k]
-        if xv != zero:
-            for j in range(F):
-                part[j] += xv * wa[k, j]
+    _fc_chunk(feat.reshape((1, F)), wa, 0, 1, 0, part.reshape((1, F)))
     for j in range(F):
         if feat[j] == zero:                        # 0 * sigmoid (finite, > 0) is +0 exactly: no exp needed
             out[j] = zero
@@ -687,7 +682,7 @@ def _gated_from_pool1(p1, Q1, w2f, b2, wa, ba, c2, feat, part, out):
 def _feature_shapes_ok(Cin, S, w1, b1, w2, b2, wa, ba):
     C = w1.shape[3]
     F = 8 * C
-    return not (Cin != CONV1_IN or S != 14 or w1.shape[:3] != (3, 3, Cin) or b1.shape[0] != C
+    return not (Cin != CONV1_IN or S != 14 or w1.shape[:3] != (3, 3, Cin) or b1.shape[0] != C or F > FC_KCHUNK
                 or w2.shape != (3, 3, C, C) or b2.shape[0] != C or wa.shape != (F, F) or ba.shape[0] != F)
 
 

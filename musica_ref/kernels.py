@@ -702,11 +702,16 @@ GROUP_L = 14 * GROUP_W + 2
 
 
 @njit(cache=True)
-def _group_scratch(C):
-    """Scratch of one work item of the feature kernels: (xt, c1, p1, c2, feat, part)."""
-    return (np.zeros(CONV1_IN * GROUP_L, np.float32), np.empty((C, 12 * GROUP_W), np.float32),
-            np.empty((C, 36), np.float32), np.empty(16 * C, np.float32), np.empty(8 * C, np.float32),
+def _tail_scratch(C):
+    """Scratch of one patch after conv1: (p1, c2, feat, part)."""
+    return (np.empty((C, 36), np.float32), np.empty(16 * C, np.float32), np.empty(8 * C, np.float32),
             np.empty(8 * C, np.float32))
+
+
+@njit(cache=True)
+def _group_scratch(C):
+    """Scratch of one work item of FEATURE_ITEM patches: (xt, c1, tail scratch)."""
+    return np.zeros(CONV1_IN * GROUP_L, np.float32), np.empty((C, 12 * GROUP_W), np.float32), _tail_scratch(C)
 
 
 @njit(cache=True)
@@ -715,7 +720,8 @@ def _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, p0):
     feature extractor into out[p0 + k]. conv1 runs as one span over the 12 output rows of the group: output
     i * GROUP_W + j reads input (i + di) * GROUP_W + j + dj of each channel (the 2 last columns of each
     patch are computed and not read), so the 32 channels take 32 long vector loops, not 32 n short ones."""
-    xt, c1, p1, c2, feat, part = scratch
+    xt, c1, tail = scratch
+    p1, c2, feat, part = tail
     for o in range(w1t.shape[0]):
         _conv1_span(xt, w1t[o], b1[o], c1[o], uint64(GROUP_W), uint64(GROUP_L), uint64(0),
                     uint64(11 * GROUP_W + (n - 1) * 14 + 12))
@@ -856,6 +862,31 @@ def _conv1_map_input(level, ylo, xlo, Hm, Wm):
     return xin, Lr
 
 
+@njit(cache=True)
+def _level_group(level, corners, p0, n, w1t, b1, w2f, b2, wa, ba, scratch, out, out0):
+    """Patches p0 .. p0 + n - 1 (n <= FEATURE_ITEM) at `corners` of the level, one by one (no sharing), into
+    out[out0 + p]."""
+    for k in range(n):
+        _patch_input_from_level(level, corners[p0 + k, 0], corners[p0 + k, 1], scratch[0], k)
+    _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, out0 + p0)
+
+
+@njit(cache=True)
+def _map_channel(xin, Lr, Wr, run0, run1, w1t, b1, c1, o):
+    """Output channel o of the shared conv1 map c1 (rows of width Wr) over its spans."""
+    for k in range(run0.shape[0]):
+        _conv1_span(xin, w1t[o], b1[o], c1[o], uint64(Wr), uint64(Lr), run0[k], run1[k])
+
+
+@njit(cache=True)
+def _map_patches(c1, Wr, ylo, xlo, corners, p_lo, p_hi, w2f, b2, wa, ba, tail, out, out0):
+    """Patches p_lo .. p_hi - 1 from their 12x12 blocks of the shared conv1 map into out[out0 + p]."""
+    p1, c2, feat, part = tail
+    for p in range(p_lo, p_hi):
+        _pool1(c1, (corners[p, 1] - ylo) * Wr + corners[p, 0] - xlo, Wr, p1, 6)
+        _gated_from_pool1(p1, 6, w2f, b2, wa, ba, c2, feat, part, out[out0 + p])
+
+
 @njit(parallel=True, cache=True)
 def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out):
     """patch_features(extract_patches(level, corners, 14), ...) of one face written into out (P, 8C), bit for
@@ -868,36 +899,28 @@ def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out):
     H, W, Cin = level.shape
     P = corners.shape[0]
     C = w1.shape[3]
-    F = 8 * C
     if not _feature_shapes_ok(Cin, 14, w1, b1, w2, b2, wa, ba) or corners.shape[1] != 2 or P < 1 \
-            or out.shape[0] != P or out.shape[1] != F:
+            or out.shape[0] != P or out.shape[1] != 8 * C:
         raise ValueError("level_patch_features: level must be (H, W, 3), corners (P, 2) with P >= 1, out "
                          "(P, 8C), and the weights as for patch_features")
     w1t, w2f = _conv_layouts(w1, w2)
     ylo, xlo, Hm, Wm, run0, run1 = _conv1_map_plan(corners)
+    G = (P + FEATURE_ITEM - 1) // FEATURE_ITEM
     if run0.shape[0] == 0:                               # one by one
-        for t in prange((P + FEATURE_ITEM - 1) // FEATURE_ITEM):
-            scratch = _group_scratch(C)
+        for t in prange(G):
             p0 = t * FEATURE_ITEM
-            n = min(P, p0 + FEATURE_ITEM) - p0
-            for k in range(n):
-                _patch_input_from_level(level, corners[p0 + k, 0], corners[p0 + k, 1], scratch[0], k)
-            _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, p0)
+            _level_group(level, corners, p0, min(P, p0 + FEATURE_ITEM) - p0, w1t, b1, w2f, b2, wa, ba,
+                         _group_scratch(C), out, 0)
         return False
     xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
     Wr = Wm + 2
     c1 = np.empty((C, Hm * Wr), np.float32)              # conv1 map, rows of width Wr; only the spans written
     for o in prange(C):
-        for k in range(run0.shape[0]):
-            _conv1_span(xin, w1t[o], b1[o], c1[o], uint64(Wr), uint64(Lr), run0[k], run1[k])
-    for t in prange((P + FEATURE_ITEM - 1) // FEATURE_ITEM):
-        p1 = np.empty((C, 36), np.float32)
-        c2 = np.empty(16 * C, np.float32)
-        feat = np.empty(F, np.float32)
-        part = np.empty(F, np.float32)
-        for p in range(t * FEATURE_ITEM, min(P, (t + 1) * FEATURE_ITEM)):
-            _pool1(c1, (corners[p, 1] - ylo) * Wr + corners[p, 0] - xlo, Wr, p1, 6)
-            _gated_from_pool1(p1, 6, w2f, b2, wa, ba, c2, feat, part, out[p])
+        _map_channel(xin, Lr, Wr, run0, run1, w1t, b1, c1, o)
+    for t in prange(G):
+        p0 = t * FEATURE_ITEM
+        _map_patches(c1, Wr, ylo, xlo, corners, p0, min(P, p0 + FEATURE_ITEM), w2f, b2, wa, ba,
+                     _tail_scratch(C), out, 0)
     return True
 
 
@@ -909,8 +932,7 @@ def levels_patch_features(levels, corners, w1, b1, w2, b2, wa, ba, out):
     level_patch_features face by face. Returns how many faces shared conv1."""
     B, P = corners.shape[0], corners.shape[1]
     C = w1.shape[3]
-    F = 8 * C
-    if len(levels) != B or corners.shape[2] != 2 or P < 1 or out.shape[0] != B * P or out.shape[1] != F:
+    if len(levels) != B or corners.shape[2] != 2 or P < 1 or out.shape[0] != B * P or out.shape[1] != 8 * C:
         raise ValueError("levels_patch_features: one level per face, corners (B, P, 2) with P >= 1, out "
                          "(B * P, 8C)")
     for b in range(B):
@@ -921,27 +943,18 @@ def levels_patch_features(levels, corners, w1, b1, w2, b2, wa, ba, out):
     shared = np.zeros(B, np.int64)
     for b in prange(B):
         level = levels[np.int64(b)]            # (a prange index may be unsigned; the list wants int64)
-        p1 = np.empty((C, 36), np.float32)
-        c2 = np.empty(16 * C, np.float32)
-        feat = np.empty(F, np.float32)
-        part = np.empty(F, np.float32)
         ylo, xlo, Hm, Wm, run0, run1 = _conv1_map_plan(corners[b])
         if run0.shape[0] == 0:                           # one by one, FEATURE_ITEM at a time
             scratch = _group_scratch(C)
             for p0 in range(0, P, FEATURE_ITEM):
-                n = min(P, p0 + FEATURE_ITEM) - p0
-                for k in range(n):
-                    _patch_input_from_level(level, corners[b, p0 + k, 0], corners[b, p0 + k, 1], scratch[0], k)
-                _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, b * P + p0)
+                _level_group(level, corners[b], p0, min(P, p0 + FEATURE_ITEM) - p0, w1t, b1, w2f, b2, wa, ba,
+                             scratch, out, b * P)
         else:
             shared[b] = 1
             xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
             Wr = Wm + 2
             c1 = np.empty((C, Hm * Wr), np.float32)
             for o in range(C):
-                for k in range(run0.shape[0]):
-                    _conv1_span(xin, w1t[o], b1[o], c1[o], uint64(Wr), uint64(Lr), run0[k], run1[k])
-            for p in range(P):
-                _pool1(c1, (corners[b, p, 1] - ylo) * Wr + corners[b, p, 0] - xlo, Wr, p1, 6)
-                _gated_from_pool1(p1, 6, w2f, b2, wa, ba, c2, feat, part, out[b * P + p])
+                _map_channel(xin, Lr, Wr, run0, run1, w1t, b1, c1, o)
+            _map_patches(c1, Wr, ylo, xlo, corners[b], 0, P, w2f, b2, wa, ba, _tail_scratch(C), out, b * P)
     return shared.sum()

@@ -32,12 +32,12 @@ def build_pyramids(image, frames) -> list[list[np.ndarray]]:
     """build_pyramid(image, frame) for every frame, bit for bit, the faces' resamplings and normalisations
     shared out between the threads (one face's level per thread at a time). image (H, W, 3) uint8 or
     float32 -> one [level 0, 1, 2] list per frame."""
-    jobs = [(sampling_grid(fr, L), fr) for fr in frames for L in range(N_LEVELS)]
-    outs = [np.zeros((h, w, image.shape[2]), np.float32) for ((_, _, (h, w)), _) in jobs]
-    if not outs:
+    grids = [sampling_grid(fr, L) for fr in frames for L in range(N_LEVELS)]    # ((ox, oy), step, (h, w))
+    if not grids:
         return []
-    kernels.resample_many(image, np.array([g[0][0] for g, _ in jobs], np.float64),
-                          np.array([g[0][1] for g, _ in jobs], np.float64),
-                          np.array([g[1] for g, _ in jobs], np.float64), List(outs))
-    kernels.normalise_pyramids(List([o.reshape(-1) for o in outs]), N_LEVELS)
+    outs = [np.zeros((h, w, image.shape[2]), np.float32) for _, _, (h, w) in grids]
+    kernels.resample_many(image, np.array([o[0] for o, _, _ in grids], np.float64),
+                          np.array([o[1] for o, _, _ in grids], np.float64),
+                          np.array([step for _, step, _ in grids], np.float64), List(outs))
+    kernels.normalise_pyramids(List([o.reshape(-1) for o in outs]), N_LEVELS)      # in place
     return [outs[k:k + N_LEVELS] for k in range(0, len(outs), N_LEVELS)]

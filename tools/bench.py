@@ -5,7 +5,9 @@ this machine's measured floors. One run, interleaved rounds, medians after warm-
     python tools/bench.py [--weights FILE] [--variant musica68] [--rounds 15]
 
 Cases (batch 1 and batch B, 1 and 2 threads):
-- engine, whole cascade: image + box -> landmarks (pyramid, patches, 3 iterations);
+- engine, whole cascade: image + box -> landmarks (pyramid, patches, 3 iterations); it reads the patches from
+  the pyramid levels and computes conv1 once per position shared by overlapping patches (docs/engine.md),
+  which the network-only cases, given extracted patches, cannot;
 - engine, early exit at --ts (default: the median first-iteration estimate on the example faces);
 - engine with the recurrent layers stored as int8 (musica_ref/quantize.py), whole cascade;
 - network only, patches given (3 iterations chained by the hidden state): engine, PyTorch eager,

@@ -114,7 +114,7 @@ class MuSiCa:
                 rgb, members = prepared[id(img)]
                 members.append((i, geometry.face_frame(geometry.check_box(box, rgb.shape))))
             faces = [None] * min(BATCH_CHUNK, len(boxes) - k)
-            for rgb, members in prepared.values():          # the pyramids of one image's faces together
+            for rgb, members in prepared.values():  # one image's faces together; one face splits its rows
                 levels = build_pyramids(rgb, [fr for _, fr in members]) if len(members) > 1 else \
                     [build_pyramid(rgb, members[0][1])]
                 for (i, fr), lv in zip(members, levels):

@@ -208,21 +208,12 @@ def mean_std(x):
     return mean, math.sqrt(ss / n)
 
 
-@njit(cache=True)
-def normalise_levels(levels_flat, mean, std):
-    """(x - mean) / std in float32 over a flat float32 buffer, returned as a new array."""
-    out = np.empty_like(levels_flat)
-    for i in range(levels_flat.size):
-        out[i] = np.float32((levels_flat[i] - mean) / std)
-    return out
-
-
 @njit(parallel=True, cache=True)
 def normalise_pyramids(levels, n_levels):
     """Normalise many pyramids in place, one per thread at a time: levels (numba.typed.List) holds n_levels
     flat float32 levels per face, face after face, level 0 first. Each face's levels become
-    (x - mean) / std with mean and std = mean_std(its level 0) (std 0 -> 1), exactly as
-    normalise_levels(level, mean, std) (pyramid.normalisation)."""
+    float32((x - mean) / std), computed in float64, with mean and std = mean_std(its level 0); a deviation of
+    0 (a constant level) becomes 1, so the levels normalise to zeros instead of NaN."""
     F = len(levels) // n_levels
     if F * n_levels != len(levels):
         raise ValueError("normalise_pyramids: n_levels levels per face")

@@ -9,23 +9,17 @@ from . import kernels
 from .geometry import N_LEVELS, FaceFrame, sampling_grid
 
 
-def normalisation(level0) -> tuple[float, float]:
-    """Global mean and population std over all pixels and channels of level 0 (float64).
-
-    A constant level (std 0) gets std 1, so it normalises to all zeros instead of NaN.
-    """
-    mean, std = kernels.mean_std(np.ascontiguousarray(level0).reshape(-1))
-    return float(mean), (float(std) if std > 0.0 else 1.0)
-
-
 def build_pyramid(image, frame: FaceFrame) -> list[np.ndarray]:
-    """image (H, W, 3) uint8 or float32 -> [level 0, 1, 2], each (H_L, W_L, 3) float32, normalised."""
-    raw = []
+    """image (H, W, 3) uint8 or float32 -> [level 0, 1, 2], each (H_L, W_L, 3) float32, normalised by the
+    global mean and population standard deviation of level 0 (float64; a constant level 0 has deviation 0
+    and gets 1, so it normalises to zeros instead of NaN: kernels.normalise_pyramids). One face: each
+    resampling splits its rows between the threads."""
+    levels = []
     for L in range(N_LEVELS):
         (ox, oy), step, (h, w) = sampling_grid(frame, L)
-        raw.append(kernels.resample(image, ox, oy, step, h, w))
-    mean, std = normalisation(raw[0])
-    return [kernels.normalise_levels(r.reshape(-1), mean, std).reshape(r.shape) for r in raw]
+        levels.append(kernels.resample(image, ox, oy, step, h, w))
+    kernels.normalise_pyramids(List([lv.reshape(-1) for lv in levels]), N_LEVELS)    # in place
+    return levels
 
 
 def build_pyramids(image, frames) -> list[list[np.ndarray]]:

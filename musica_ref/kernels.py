@@ -208,24 +208,43 @@ def mean_std(x):
     return mean, math.sqrt(ss / n)
 
 
+@njit(cache=True)
+def _level0_stats(level0):
+    """mean_std of a flat level 0, a deviation of 0 (a constant level) replaced by 1, so the levels normalise
+    to zeros instead of NaN."""
+    mean, std = mean_std(level0)
+    return mean, (std if std > 0.0 else 1.0)
+
+
+@njit(cache=True)
+def _normalise(x, mean, std):
+    """x = float32((x - mean) / std) in place, computed in float64."""
+    for i in range(x.size):
+        x[i] = np.float32((x[i] - mean) / std)
+
+
+@njit(cache=True)
+def normalise_pyramid(level0, level1, level2):
+    """Normalise one face's three flat float32 levels in place by the mean and deviation of level 0
+    (_level0_stats)."""
+    mean, std = _level0_stats(level0)
+    _normalise(level0, mean, std)
+    _normalise(level1, mean, std)
+    _normalise(level2, mean, std)
+
+
 @njit(parallel=True, cache=True)
 def normalise_pyramids(levels, n_levels):
-    """Normalise many pyramids in place, one per thread at a time: levels (numba.typed.List) holds n_levels
-    flat float32 levels per face, face after face, level 0 first. Each face's levels become
-    float32((x - mean) / std), computed in float64, with mean and std = mean_std(its level 0); a deviation of
-    0 (a constant level) becomes 1, so the levels normalise to zeros instead of NaN."""
+    """normalise_pyramid for many faces in place, one face per thread at a time: levels (numba.typed.List)
+    holds n_levels flat float32 levels per face, face after face, level 0 first."""
     F = len(levels) // n_levels
     if F * n_levels != len(levels):
         raise ValueError("normalise_pyramids: n_levels levels per face")
     for f in prange(F):
         f0 = np.int64(f) * n_levels
-        mean, std = mean_std(levels[f0])
-        if not std > 0.0:
-            std = 1.0
+        mean, std = _level0_stats(levels[f0])
         for L in range(n_levels):
-            x = levels[f0 + L]
-            for i in range(x.size):
-                x[i] = np.float32((x[i] - mean) / std)
+            _normalise(levels[f0 + L], mean, std)
 
 
 # --- patches --------------------------------------------------------------------------------------------------

@@ -12,13 +12,13 @@ from .geometry import N_LEVELS, FaceFrame, sampling_grid
 def build_pyramid(image, frame: FaceFrame) -> list[np.ndarray]:
     """image (H, W, 3) uint8 or float32 -> [level 0, 1, 2], each (H_L, W_L, 3) float32, normalised by the
     global mean and population standard deviation of level 0 (float64; a constant level 0 has deviation 0
-    and gets 1, so it normalises to zeros instead of NaN: kernels.normalise_pyramids). One face: each
+    and gets 1, so it normalises to zeros instead of NaN: kernels.normalise_pyramid). One face: each
     resampling splits its rows between the threads."""
     levels = []
     for L in range(N_LEVELS):
         (ox, oy), step, (h, w) = sampling_grid(frame, L)
         levels.append(kernels.resample(image, ox, oy, step, h, w))
-    kernels.normalise_pyramids(List([lv.reshape(-1) for lv in levels]), N_LEVELS)    # in place
+    kernels.normalise_pyramid(*(lv.reshape(-1) for lv in levels))                    # in place
     return levels
 
 

@@ -57,7 +57,7 @@ def cmd_predict(a) -> int:
         raise InputError(f"--overlay must end in .png or .jpg, got {a.overlay!r}")
     image = load_image(a.image)
     box = _parse_box(a.box) if a.box else tight_box(read_pts(a.pts)).tolist()
-    model = MuSiCa.load(weights_path, recurrent="int8" if a.int8 else "float32")
+    model = MuSiCa.load(weights_path, recurrent="int8" if a.int8 else "stored")
     r = model.predict(image, box, ts=a.ts, tf=a.tf)
     summary = {
         "image": a.image, "box": [float(v) for v in box], "weights": weights_path,

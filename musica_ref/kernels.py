@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import math
 
+import llvmlite.binding as llvm
 import numpy as np
-from numba import njit, prange, uint64
+from llvmlite import ir
+from numba import njit, prange, types, uint64
+from numba.extending import intrinsic, overload
 
 # The fully connected kernel sums its K inputs in fixed chunks of FC_KCHUNK, and each work item reuses a
 # weight row for FC_ROWS inputs of the batch.
@@ -22,6 +25,55 @@ FC_KCHUNK = 256
 # with at least two groups of FC_GROUP_BLOCKS blocks of FC_ROWS inputs, fully_connected runs the groups in
 # parallel, else the chunks
 FC_GROUP_BLOCKS = 4
+
+
+# --- weight storage -----------------------------------------------------------------------------------------
+
+# Weights reach the fully connected kernel as float32, int8 (quantize.py) or uint16 holding IEEE 754
+# binary16 bit patterns (float16 storage: Numba has no float16 type on the CPU). `widen` turns one element
+# into float32, exactly in every case. x86 CPUs with F16C convert halves in one instruction (vcvtph2ps);
+# elsewhere the conversion is done with integer operations (the same values, bit for bit).
+HALF_IN_HARDWARE = "f16c" in llvm.get_host_cpu_features().flatten() or not llvm.get_process_triple().startswith("x86")
+
+
+@intrinsic
+def _half_bits_fpext(typingctx, bits):
+    # LLVM `fpext half -> float` on the 16 bits: exact; one vcvtph2ps on x86 with F16C, fcvt on ARM
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def _bits_as_float32(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.uint32), codegen
+
+
+@njit(cache=True)
+def _half_bits_integer(bits):
+    # exponent and mantissa moved into float32's fields give the half's magnitude times 2**-112 (normal or
+    # subnormal alike); multiplying by 2**112 is exact
+    h = np.uint32(bits)
+    f = _bits_as_float32((h & np.uint32(0x7FFF)) << np.uint32(13)) * np.float32(2.0 ** 112)
+    return -f if h & np.uint32(0x8000) else f
+
+
+def widen(v):
+    """One stored weight as float32: float32 unchanged, int8 converted, uint16 read as a binary16 bit
+    pattern (finite; the loaders reject inf and NaN). Exact in every case."""
+    if isinstance(v, np.uint16):
+        return np.float32(np.array(v).view(np.float16))
+    return np.float32(v)
+
+
+@overload(widen)
+def _widen_impl(v):
+    if isinstance(v, types.Integer) and v.bitwidth == 16 and not v.signed:
+        half = _half_bits_fpext if HALF_IN_HARDWARE else _half_bits_integer
+        return lambda v: half(v)
+    return lambda v: np.float32(v)
 
 
 # --- image resampling ---------------------------------------------------------------------------------------
@@ -352,7 +404,7 @@ def crop_concat(conv2, pool2):
 def _fc_chunk(x, weight, r0, nr, c, acc):
     """acc[r] = sum over k of chunk c (in order) of x[r0 + r, k] * weight[k], starting from 0; inputs that are
     exactly 0 are skipped (adding 0 * w, w finite, leaves every partial sum as it is, bit for bit).
-    weight is float32, or int8 (converted to float32 exactly).
+    weight is float32, int8 or uint16 float16 bits (each element widened to float32 exactly: widen).
     For each input, its nonzero inputs are listed first and their weight rows taken eight at a time: eight
     terms added in order to each output in one pass (eight row streams in flight for the memory system, each
     output loaded and stored once per eight rows); the chunk's rows stay in cache for the next input of the
@@ -379,20 +431,20 @@ def _fc_chunk(x, weight, r0, nr, c, acc):
             xe, xf, xg, xh = xs[q + 4], xs[q + 5], xs[q + 6], xs[q + 7]
             for j in range(M):
                 a = acc[r, j]
-                a += xa * np.float32(weight[ka, j])
-                a += xb * np.float32(weight[kb, j])
-                a += xc * np.float32(weight[kc, j])
-                a += xd * np.float32(weight[kd, j])
-                a += xe * np.float32(weight[ke, j])
-                a += xf * np.float32(weight[kf, j])
-                a += xg * np.float32(weight[kg, j])
-                a += xh * np.float32(weight[kh, j])
+                a += xa * widen(weight[ka, j])
+                a += xb * widen(weight[kb, j])
+                a += xc * widen(weight[kc, j])
+                a += xd * widen(weight[kd, j])
+                a += xe * widen(weight[ke, j])
+                a += xf * widen(weight[kf, j])
+                a += xg * widen(weight[kg, j])
+                a += xh * widen(weight[kh, j])
                 acc[r, j] = a
             q += 8
         for t in range(q, n):
             kt, xt = ks[t], xs[t]
             for j in range(M):
-                acc[r, j] += xt * np.float32(weight[kt, j])
+                acc[r, j] += xt * widen(weight[kt, j])
 
 
 @njit(parallel=True, cache=True)
@@ -519,13 +571,34 @@ CONV1_IN = 3
 
 
 @njit(cache=True)
-def _conv1_span(xt, wcol, bias, dst, S, L, n0, n1):
+def _round16(n):
+    """n rounded up to a multiple of 16 float32 values (64 bytes, one cache line)."""
+    return (n + 15) // 16 * 16
+
+
+@njit(cache=True)
+def _fill_shifts(xs):
+    """xs (3, n): from row 0, a conv1 input, make rows 1 and 2 the same values shifted left by 1 and 2
+    (xs[dj, m] = xs[0, m + dj]; the last dj values of row dj are 0)."""
+    n = xs.shape[1]
+    for dj in range(1, 3):
+        for m in range(n - dj):
+            xs[dj, m] = xs[0, m + dj]
+        for m in range(n - dj, n):
+            xs[dj, m] = 0.0
+
+
+@njit(cache=True)
+def _conv1_span(x0, x1, x2, wcol, bias, dst, S, L, n0, n1):
     """One output channel of conv1 on channel-major rows of width S: dst[n] = bias + sum over (c, di, dj) in
-    order of xt[c * L + n + di * S + dj] * wcol[(c * 3 + di) * 3 + dj], for n0 <= n < n1. One pass over the
-    span per input channel, its 9 taps a fixed unrolled sequence inside the n loop (which vectorises): a
-    chain of 9 dependent additions per output and pass, so the loop keeps several vectors in flight. S, L,
-    n0, n1 are uint64: non-negative indices let the loads be plain vector loads (a signed index may wrap
-    around, which turns every load into a gather)."""
+    order of x[c * L + n + di * S + dj] * wcol[(c * 3 + di) * 3 + dj], for n0 <= n < n1, with the input
+    given as its three column shifts x0, x1, x2 (x_dj[m] = x[m + dj], _fill_shifts): every load of the loop
+    then has the alignment of its output, and with L and dst's rows multiples of 16 values (_round16) most
+    vector loads stay inside one cache line, where x[n + 1] and x[n + 2] would straddle two (about a third
+    faster on this loop). One pass over the span per input channel, its 9 taps a fixed unrolled sequence
+    inside the n loop (which vectorises): a chain of 9 dependent additions per output and pass, so the loop
+    keeps several vectors in flight. S, L, n0, n1 are uint64: non-negative indices let the loads be plain
+    vector loads (a signed index may wrap around, which turns every load into a gather)."""
     for n in range(n0, n1):
         dst[n] = bias
     S2 = S + S
@@ -537,15 +610,15 @@ def _conv1_span(xt, wcol, bias, dst, S, L, n0, n1):
         for n in range(n0, n1):
             a = dst[n]
             i = base + n
-            a += xt[i] * w0
-            a += xt[i + uint64(1)] * w1
-            a += xt[i + uint64(2)] * w2
-            a += xt[i + S] * w3
-            a += xt[i + S + uint64(1)] * w4
-            a += xt[i + S + uint64(2)] * w5
-            a += xt[i + S2] * w6
-            a += xt[i + S2 + uint64(1)] * w7
-            a += xt[i + S2 + uint64(2)] * w8
+            a += x0[i] * w0
+            a += x1[i] * w1
+            a += x2[i] * w2
+            a += x0[i + S] * w3
+            a += x1[i + S] * w4
+            a += x2[i + S] * w5
+            a += x0[i + S2] * w6
+            a += x1[i + S2] * w7
+            a += x2[i + S2] * w8
             dst[n] = a
 
 
@@ -706,9 +779,10 @@ def _conv_layouts(w1, w2):
 
 
 # FEATURE_ITEM patches lie side by side in a group's input, as one image 14 rows high and GROUP_W wide:
-# channel c, row r, column cc of patch k at xt[c * GROUP_L + r * GROUP_W + k * 14 + cc]
+# channel c, row r, column cc of patch k at xs[0, c * GROUP_L + r * GROUP_W + k * 14 + cc] (rows 1 and 2 of
+# xs: the shifts, _fill_shifts)
 GROUP_W = FEATURE_ITEM * 14
-GROUP_L = 14 * GROUP_W + 2
+GROUP_L = (14 * GROUP_W + 15) // 16 * 16         # _round16
 
 
 @njit(cache=True)
@@ -720,20 +794,22 @@ def _tail_scratch(C):
 
 @njit(cache=True)
 def _group_scratch(C):
-    """Scratch of one work item of FEATURE_ITEM patches: (xt, c1, tail scratch)."""
-    return np.zeros(CONV1_IN * GROUP_L, np.float32), np.empty((C, 12 * GROUP_W), np.float32), _tail_scratch(C)
+    """Scratch of one work item of FEATURE_ITEM patches: (xs, c1, tail scratch)."""
+    return (np.zeros((3, CONV1_IN * GROUP_L), np.float32), np.empty((C, _round16(12 * GROUP_W)), np.float32),
+            _tail_scratch(C))
 
 
 @njit(cache=True)
 def _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, p0):
-    """n <= FEATURE_ITEM 14x14 patches, side by side in the scratch's xt (see GROUP_W), through the whole
-    feature extractor into out[p0 + k]. conv1 runs as one span over the 12 output rows of the group: output
+    """n <= FEATURE_ITEM 14x14 patches, side by side in row 0 of the scratch's xs (see GROUP_W), through the
+    whole feature extractor into out[p0 + k]. conv1 runs as one span over the 12 output rows of the group: output
     i * GROUP_W + j reads input (i + di) * GROUP_W + j + dj of each channel (the 2 last columns of each
     patch are computed and not read), so the 32 channels take 32 long vector loops, not 32 n short ones."""
-    xt, c1, tail = scratch
+    xs, c1, tail = scratch
     p1, c2, feat, part = tail
+    _fill_shifts(xs)
     for o in range(w1t.shape[0]):
-        _conv1_span(xt, w1t[o], b1[o], c1[o], uint64(GROUP_W), uint64(GROUP_L), uint64(0),
+        _conv1_span(xs[0], xs[1], xs[2], w1t[o], b1[o], c1[o], uint64(GROUP_W), uint64(GROUP_L), uint64(0),
                     uint64(11 * GROUP_W + (n - 1) * 14 + 12))
     for k in range(n):
         _pool1(c1, k * 14, GROUP_W, p1, 6)
@@ -743,6 +819,7 @@ def _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, p0):
 @njit(cache=True)
 def _patch_input_from_level(level, c0, r0, xt, k):
     """The 14x14 patch of level (H, W, Cin) with top-left (col c0, row r0) into slot k of a group's input xt
+    (row 0 of the scratch's xs)
     (see GROUP_W), zeros outside the level: what extract_patches gives."""
     H, W, Cin = level.shape
     S = 14
@@ -779,7 +856,7 @@ def patch_features(patches, w1, b1, w2, b2, wa, ba):
     gated = np.empty((BP, F), np.float32)
     for t in prange((BP + FEATURE_ITEM - 1) // FEATURE_ITEM):
         scratch = _group_scratch(C)
-        xt = scratch[0]
+        xt = scratch[0][0]
         p0 = t * FEATURE_ITEM
         n = min(BP, p0 + FEATURE_ITEM) - p0
         for k in range(n):
@@ -859,17 +936,19 @@ def _conv1_map_plan(corners):
 
 @njit(cache=True)
 def _conv1_map_input(level, ylo, xlo, Hm, Wm):
-    """The level under a conv1 map (Hm + 2 rows of Wm + 2 from row ylo, column xlo), channel-major, zeros
-    outside the level, +2 values at the end (a span may run over a row end). Returns (xin, Lr)."""
+    """The level under a conv1 map (Hm + 2 rows of Wm + 2 from row ylo, column xlo), channel-major with
+    channel stride Lr (a multiple of 16), zeros outside the level, in row 0 of xs (3, Cin * Lr) and its
+    shifts in rows 1 and 2 (_fill_shifts). Returns (xs, Lr)."""
     H, W, Cin = level.shape
     Wr = Wm + 2
-    Lr = (Hm + 2) * Wr
-    xin = np.zeros(Cin * Lr + 2, np.float32)
+    Lr = _round16((Hm + 2) * Wr)
+    xs = np.zeros((3, Cin * Lr), np.float32)
     for y in range(max(0, ylo), min(H, ylo + Hm + 2)):
         for x in range(max(0, xlo), min(W, xlo + Wr)):
             for c in range(Cin):
-                xin[c * Lr + (y - ylo) * Wr + (x - xlo)] = level[y, x, c]
-    return xin, Lr
+                xs[0, c * Lr + (y - ylo) * Wr + (x - xlo)] = level[y, x, c]
+    _fill_shifts(xs)
+    return xs, Lr
 
 
 @njit(cache=True)
@@ -877,15 +956,15 @@ def _level_group(level, corners, p0, n, w1t, b1, w2f, b2, wa, ba, scratch, out, 
     """Patches p0 .. p0 + n - 1 (n <= FEATURE_ITEM) at `corners` of the level, one by one (no sharing), into
     out[out0 + p]."""
     for k in range(n):
-        _patch_input_from_level(level, corners[p0 + k, 0], corners[p0 + k, 1], scratch[0], k)
+        _patch_input_from_level(level, corners[p0 + k, 0], corners[p0 + k, 1], scratch[0][0], k)
     _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, out0 + p0)
 
 
 @njit(cache=True)
-def _map_channel(xin, Lr, Wr, run0, run1, w1t, b1, c1, o):
+def _map_channel(xs, Lr, Wr, run0, run1, w1t, b1, c1, o):
     """Output channel o of the shared conv1 map c1 (rows of width Wr) over its spans."""
     for k in range(run0.shape[0]):
-        _conv1_span(xin, w1t[o], b1[o], c1[o], uint64(Wr), uint64(Lr), run0[k], run1[k])
+        _conv1_span(xs[0], xs[1], xs[2], w1t[o], b1[o], c1[o], uint64(Wr), uint64(Lr), run0[k], run1[k])
 
 
 @njit(cache=True)
@@ -922,11 +1001,11 @@ def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out):
             _level_group(level, corners, p0, min(P, p0 + FEATURE_ITEM) - p0, w1t, b1, w2f, b2, wa, ba,
                          _group_scratch(C), out, 0)
         return False
-    xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
+    xs, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
     Wr = Wm + 2
-    c1 = np.empty((C, Hm * Wr), np.float32)              # conv1 map, rows of width Wr; only the spans written
+    c1 = np.empty((C, _round16(Hm * Wr)), np.float32)    # conv1 map, rows of width Wr; only the spans written
     for o in prange(C):
-        _map_channel(xin, Lr, Wr, run0, run1, w1t, b1, c1, o)
+        _map_channel(xs, Lr, Wr, run0, run1, w1t, b1, c1, o)
     for t in prange(G):
         p0 = t * FEATURE_ITEM
         _map_patches(c1, Wr, ylo, xlo, corners, p0, min(P, p0 + FEATURE_ITEM), w2f, b2, wa, ba,
@@ -961,10 +1040,10 @@ def levels_patch_features(levels, corners, w1, b1, w2, b2, wa, ba, out):
                              scratch, out, b * P)
         else:
             shared[b] = 1
-            xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
+            xs, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
             Wr = Wm + 2
-            c1 = np.empty((C, Hm * Wr), np.float32)
+            c1 = np.empty((C, _round16(Hm * Wr)), np.float32)
             for o in range(C):
-                _map_channel(xin, Lr, Wr, run0, run1, w1t, b1, c1, o)
+                _map_channel(xs, Lr, Wr, run0, run1, w1t, b1, c1, o)
             _map_patches(c1, Wr, ylo, xlo, corners[b], 0, P, w2f, b2, wa, ba, _tail_scratch(C), out, b * P)
     return shared.sum()

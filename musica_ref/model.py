@@ -28,7 +28,7 @@ from .errors import InputError
 from .io import as_rgb
 from .network import HIDDEN, iteration_forward, iteration_forward_levels
 from .pyramid import build_pyramid, build_pyramids
-from .quantize import with_precision
+from .quantize import QUANTIZED, with_precision
 from .weights import Weights, load_weights
 
 # predict_batch runs at most this many faces at once (their pyramids are about 0.8 MB each)
@@ -74,18 +74,23 @@ class MuSiCa:
     """A loaded MuSiCa model. `MuSiCa.load(path)` reads a weights file; `predict` runs one face and
     `predict_batch` many."""
 
-    def __init__(self, weights: Weights, recurrent: str = "float32"):
-        """recurrent: "float32" (the reference) or "int8" (the recurrent layers stored as int8 with a scale
-        per output unit, a quarter of the bytes; see quantize.py)."""
-        self.weights = with_precision(weights, recurrent)
-        self.recurrent = recurrent
+    def __init__(self, weights: Weights, recurrent: str = "stored"):
+        """recurrent: how the recurrent layers are held (quantize.py): "stored" (default: as `weights` has
+        them, float16 arrays as 16-bit values, anything else as float32), "float32" (the reference),
+        "float16" (rounded to float16 if they are not already) or "int8" (a scale per output unit, a quarter
+        of float32's bytes). "stored" and "float32" give the same results bit for bit. `self.recurrent` says
+        which storage is in use."""
+        self.weights, self.recurrent = with_precision(weights, recurrent)
         self.n_landmarks = weights.n_landmarks
         self.patch_indices = weights.patch_indices
         self.mean_shape = weights.mean_shape
 
     @classmethod
-    def load(cls, path, recurrent: str = "float32") -> "MuSiCa":
-        return cls(load_weights(path), recurrent=recurrent)
+    def load(cls, path, recurrent: str = "stored") -> "MuSiCa":
+        """Read a weights file (weights.load_weights). With the default recurrent="stored" a float16 file's
+        recurrent layers stay 16-bit in memory (exact: see __init__)."""
+        keep = QUANTIZED if recurrent in ("stored", "float16", "int8") else ()
+        return cls(load_weights(path, keep_float16=keep), recurrent=recurrent)
 
     def predict(self, image, box, ts: float = 0.0, tf: float = math.inf) -> Result:
         """Landmarks of the face in `box` (x0, y0, x1, y1) of `image` (H, W, 3) RGB.

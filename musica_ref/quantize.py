@@ -1,15 +1,21 @@
-"""Optional reduced-precision storage of the recurrent layers (beyond the paper).
+"""How the recurrent layers are held in memory (beyond the paper).
 
 The three recurrent layers hold 98% of musica68's parameters, and at batch 1 the engine's time is mostly
-spent streaming them from memory. Stored as int8 with one float32 scale per output unit they take a quarter
-of the bytes; the arithmetic stays float32 (kernels.fully_connected_scaled):
+spent streaming them from memory. Whatever their storage, the arithmetic is float32 (kernels.widen turns
+each stored weight into float32 exactly):
+
+- "stored" (the default): as the weights file has them. A float16 file keeps them as 16-bit values (half
+  the bytes of float32), widened exactly in the kernel, so the results are bit for bit those of "float32".
+- "float32": widened to float32 at load (the reference; twice the memory of a float16 file's).
+- "float16": rounded to float16 (exact for a float16 file; for a float32 file a rounding of every weight).
+- "int8": one float32 scale per output unit, a quarter of float32's bytes (kernels.fully_connected_scaled):
 
     scale[j]     = max_k |W[k, j]| / 127          (1 where the column is all zeros)
     q[k, j]      = round(W[k, j] / scale[j])      in [-127, 127]
     hidden_pre   = bias + scale * (x @ q)
 
-The float32 weights stay the exact reference; `tools/bench.py --int8` and `tools/evaluate.py --int8` measure
-what int8 saves and costs.
+float16 values travel as uint16 arrays holding their bit patterns, since Numba has no float16 on the CPU.
+`tools/bench.py` and `tools/evaluate.py --int8` measure what int8 saves and costs.
 """
 from __future__ import annotations
 
@@ -19,8 +25,9 @@ import numpy as np
 
 from .errors import InputError
 
-PRECISIONS = ("float32", "int8")
-QUANTIZED = ("recurrent/weight",)        # the tensors that `int8` stores as integers
+PRECISIONS = ("stored", "float32", "float16", "int8")
+QUANTIZED = ("recurrent/weight",)        # the tensors whose storage `precision` chooses
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def quantize_int8(weight) -> tuple[np.ndarray, np.ndarray]:
@@ -35,20 +42,49 @@ def quantize_int8(weight) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def with_precision(weights, precision: str):
-    """A copy of `weights` whose recurrent layers use `precision` ("float32": unchanged; "int8": the
-    iteration dicts get "recurrent/weight" as int8 and "recurrent/scale" float32). The input is not changed."""
+def float16_bits(weight) -> np.ndarray:
+    """weight (float16, or float32 rounded to nearest) -> uint16 array of its binary16 bit patterns."""
+    w = np.asarray(weight)
+    if w.dtype != np.float16:
+        if np.any(np.abs(w) > FLOAT16_MAX):
+            raise InputError("a recurrent weight does not fit float16 (|value| > 65504); use float32 or int8")
+        w = w.astype(np.float16)
+    return np.ascontiguousarray(w).view(np.uint16)
+
+
+def stored_precision(weights) -> str:
+    """"float16" if every recurrent weight of `weights` is float16 (a float16 array from
+    load_weights(keep_float16=...), or the uint16 bits of a MuSiCa's weights), else "float32"."""
+    return "float16" if all(it[n].dtype in (np.float16, np.uint16) for it in weights.iterations for n in QUANTIZED) \
+        else "float32"
+
+
+def with_precision(weights, precision: str = "stored"):
+    """A copy of `weights` whose recurrent layers use `precision` (see the module docstring): "float32"
+    gives float32 arrays, "float16" uint16 arrays of float16 bit patterns, "int8" int8 arrays plus
+    "recurrent/scale" (float32, one per output); "stored" is "float16" for float16 arrays and "float32"
+    otherwise. The input is not changed. Returns (weights, the precision used)."""
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if precision == "float32":
-        return weights
+    if precision == "stored":
+        precision = stored_precision(weights)
     iterations = []
     for it in weights.iterations:
         it = dict(it)
         for name in QUANTIZED:
-            q, scale = quantize_int8(it[name])
-            it[name] = q
-            it[name.replace("/weight", "/scale")] = scale
+            if it[name].dtype == np.uint16:            # the weights of a MuSiCa already held as float16
+                it[name] = it[name].view(np.float16)
+            elif it[name].dtype == np.int8:
+                raise InputError("these weights are already int8 (a model's weights with recurrent='int8'); "
+                                 "start from the file or the float weights")
+            if precision == "float32":
+                it[name] = np.ascontiguousarray(it[name], dtype=np.float32)
+            elif precision == "float16":
+                it[name] = float16_bits(it[name])
+            else:
+                q, scale = quantize_int8(it[name])
+                it[name] = q
+                it[name.replace("/weight", "/scale")] = scale
         iterations.append(it)
     provenance = dict(weights.provenance, recurrent_precision=precision)
-    return dataclasses.replace(weights, iterations=iterations, provenance=provenance)
+    return dataclasses.replace(weights, iterations=iterations, provenance=provenance), precision

@@ -32,7 +32,8 @@ class Weights:
 
     variant: N landmarks and the P patch indices.
     mean_shape: (N, 2) float64, (x, y) in the box frame.
-    iterations: N_ITERATIONS dicts, tensor name (network.TENSORS) -> float32 array.
+    iterations: N_ITERATIONS dicts, tensor name (network.TENSORS) -> float32 array (float16 for the tensors
+        that load_weights was asked to keep as stored).
     provenance: free-form facts about where the weights come from.
     """
     variant: Variant
@@ -59,8 +60,15 @@ def _geometry_attrs(n_landmarks: int) -> dict:
             "eye_corners": np.asarray(eyes if eyes else (-1, -1), dtype=np.int64)}
 
 
-def check_weights(w: Weights) -> Weights:
-    """Check shapes, dtypes and finiteness of an in-memory Weights; return it with float32 C arrays."""
+def _all_finite(a, block=1 << 20) -> bool:
+    """np.isfinite(a).all(), a block at a time (no boolean temporary the size of a 9M-weight layer)."""
+    flat = a.reshape(-1)
+    return all(np.isfinite(flat[k:k + block]).all() for k in range(0, flat.size, block))
+
+
+def check_weights(w: Weights, keep_float16=()) -> Weights:
+    """Check shapes, dtypes and finiteness of an in-memory Weights; return it with float32 C arrays, except
+    that float16 tensors named in keep_float16 (e.g. "recurrent/weight") stay float16."""
     N, P = w.variant.n_landmarks, w.variant.n_patches
     ms = np.asarray(w.mean_shape, dtype=np.float64)
     if ms.shape != (N, 2):
@@ -83,8 +91,9 @@ def check_weights(w: Weights) -> Weights:
                                    f"for N = {N} landmarks and P = {P} patches")
             if a.dtype not in (np.float16, np.float32, np.float64):
                 raise WeightsError(f"tensor {where} has dtype {a.dtype}; store float32 or float16")
-            a = np.ascontiguousarray(a, dtype=np.float32)
-            if not np.all(np.isfinite(a)):
+            a = np.ascontiguousarray(a, dtype=np.float16 if a.dtype == np.float16 and name in keep_float16
+                                     else np.float32)
+            if not _all_finite(a):
                 raise WeightsError(f"tensor {where} has non-finite values (NaN or inf)")
             clean[name] = a
         extra = set(it) - set(TENSORS)
@@ -144,8 +153,10 @@ def _int_attr(obj, key, where="file") -> int:
     return iv
 
 
-def load_weights(path) -> Weights:
-    """Read and validate a weights file; raise WeightsError naming the problem if anything is wrong."""
+def load_weights(path, keep_float16=()) -> Weights:
+    """Read and validate a weights file; raise WeightsError naming the problem if anything is wrong.
+    Tensors come as float32, except those named in keep_float16 that the file stores as float16 (exact
+    either way; float16 takes half the memory)."""
     import h5py
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -157,14 +168,14 @@ def load_weights(path) -> Weights:
                            f"{FORMAT_NAME!r} version {FORMAT_VERSION})")
     try:
         with h5py.File(path, "r") as f:
-            return _read(f, path)
+            return _read(f, path, keep_float16)
     except WeightsError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:   # a damaged file deep inside
         raise WeightsError(f"{path!r} could not be read as a weights file: {exc}") from exc
 
 
-def _read(f, path) -> Weights:
+def _read(f, path, keep_float16=()) -> Weights:
     fmt = _attr(f, "format")
     if fmt != FORMAT_NAME:
         raise WeightsError(f"{path!r} has format {fmt!r}, expected {FORMAT_NAME!r}")
@@ -207,12 +218,12 @@ def _read(f, path) -> Weights:
                 raise WeightsError(f"tensor iteration_{i}/{tname} is missing")
             a = grp[tname][()]
             # float16 files: widen tensor by tensor, so the whole half-size copy never coexists with the result
-            it[tname] = a.astype(np.float32) if a.dtype == np.float16 else a
+            it[tname] = a.astype(np.float32) if a.dtype == np.float16 and tname not in keep_float16 else a
         its.append(it)
     prov = {}
     if "provenance" in f:
         prov = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f["provenance"].attrs.items()}
-    return check_weights(Weights(variant, f["mean_shape"][()], its, prov))
+    return check_weights(Weights(variant, f["mean_shape"][()], its, prov), keep_float16)
 
 
 def random_weights(variant: Variant, seed: int = 0) -> Weights:

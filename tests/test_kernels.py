@@ -20,6 +20,7 @@ import scipy.signal as sig
 from hypothesis import given
 from scipy.integrate import quad
 from hypothesis import strategies as st
+from numba import njit
 
 from musica_ref import kernels as K
 from musica_ref import kernels_ref as R
@@ -343,6 +344,37 @@ def test_level_patch_features_rejects_wrong_shapes():
     with pytest.raises(ValueError, match="levels_patch_features"):      # a level with one channel
         K.levels_patch_features(List([level, rnd(rng, (20, 20, 1))]), np.stack([corners, corners]), w1, b, w2, b,
                                 wa, ba, np.empty((6, 32), np.float32))
+
+
+
+# --- float16 storage ---------------------------------------------------------------------------------------
+
+@njit
+def _widen_all(bits, out, integer):
+    for i in range(bits.shape[0]):
+        out[i] = K._half_bits_integer(bits[i]) if integer else K.widen(bits[i])
+
+
+@pytest.mark.parametrize("integer", [False, True])
+def test_widen_reads_every_finite_float16_exactly(integer):
+    # all 63,488 finite binary16 patterns (zeros, subnormals, normals, both signs): the kernel's widening
+    # (the hardware path where the CPU has one, and the integer path) against NumPy's float16 -> float32
+    bits = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    bits = bits[np.isfinite(bits.view(np.float16))]
+    got = np.empty(bits.size, np.float32)
+    _widen_all(bits, got, integer)
+    np.testing.assert_array_equal(got.view(np.uint32), bits.view(np.float16).astype(np.float32).view(np.uint32))
+
+
+@given(seed=seeds, B=st.integers(1, 40), Kn=st.integers(1, 600), M=st.integers(1, 70), scale=scales)
+def test_fully_connected_float16_bits_equal_float32(seed, B, Kn, M, scale):
+    # weights held as float16 bit patterns give bit for bit what their float32 values give
+    rng = np.random.default_rng(seed)
+    x, b = rnd(rng, (B, Kn), scale), rnd(rng, (M,))
+    x[rng.random((B, Kn)) < 0.5] = 0                         # the skipped-zero path too
+    w16 = (rng.standard_normal((Kn, M)) * 10.0 ** rng.integers(-6, 3)).astype(np.float16)
+    got = K.fully_connected(x, w16.view(np.uint16), b)
+    np.testing.assert_array_equal(got, K.fully_connected(x, w16.astype(np.float32), b))
 
 
 # --- int8 recurrent weights ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""int8 storage of the recurrent layers: the rounding, the model path, and what it leaves alone."""
+"""Storage of the recurrent layers (float16, int8): the rounding, the model path, and what it leaves alone."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -46,3 +46,44 @@ def test_int8_model_is_close_and_leaves_the_weights_alone():
 def test_bad_precision():
     with pytest.raises(m.InputError, match="precision"):
         with_precision(random_model("musica19", 0).weights, "float8")
+
+
+def test_float16_file_stays_16_bit_and_gives_the_float32_results(tmp_path):
+    model = random_model("musica19", 0)
+    path = tmp_path / "w16.h5"
+    m.save_weights(path, model.weights, dtype=np.float16)
+    stored = m.MuSiCa.load(path)                       # default: as stored
+    wide = m.MuSiCa.load(path, recurrent="float32")
+    assert stored.recurrent == "float16" and wide.recurrent == "float32"
+    for it in stored.weights.iterations:
+        assert it["recurrent/weight"].dtype == np.uint16
+        assert all(a.dtype == np.float32 for k, a in it.items() if k != "recurrent/weight")
+    img = np.random.default_rng(1).integers(0, 255, (220, 220, 3), dtype=np.uint8)
+    boxes = [EXAMPLE_BOX, (60, 70, 180, 190)]
+    for a, b in zip(stored.predict_batch(img, boxes), wide.predict_batch(img, boxes)):
+        np.testing.assert_array_equal(a.landmarks, b.landmarks)
+        np.testing.assert_array_equal(a.errors, b.errors)
+    # int8 from the float16 file = int8 from its float32 widening
+    q16, q32 = m.MuSiCa.load(path, recurrent="int8"), m.MuSiCa(wide.weights, recurrent="int8")
+    np.testing.assert_array_equal(q16.predict(img, EXAMPLE_BOX).landmarks, q32.predict(img, EXAMPLE_BOX).landmarks)
+
+
+def test_float32_weights_stay_float32_unless_rounding_is_asked_for():
+    model = random_model("musica19", 0)
+    assert m.MuSiCa(model.weights).recurrent == "float32"
+    half = m.MuSiCa(model.weights, recurrent="float16")
+    w = model.weights.iterations[0]["recurrent/weight"]
+    np.testing.assert_array_equal(half.weights.iterations[0]["recurrent/weight"].view(np.float16),
+                                  w.astype(np.float16))
+    assert model.weights.iterations[0]["recurrent/weight"].dtype == np.float32     # the input is untouched
+    img = np.random.default_rng(0).integers(0, 255, (220, 220, 3), dtype=np.uint8)
+    a, b = model.predict(img, EXAMPLE_BOX), half.predict(img, EXAMPLE_BOX)
+    moved = np.abs(b.landmarks - a.landmarks).max()
+    assert moved < 0.05 * np.abs(a.landmarks - a.history[0]).max() + 0.5
+
+
+def test_float16_refuses_weights_out_of_its_range():
+    w = random_model("musica19", 0).weights
+    w.iterations[2]["recurrent/weight"][3, 4] = 7e4
+    with pytest.raises(m.InputError, match="float16"):
+        with_precision(w, "float16")

@@ -9,6 +9,8 @@ Cases (batch 1 and batch B, 1 and 2 threads):
   the pyramid levels and computes conv1 once per position shared by overlapping patches (docs/engine.md),
   which the network-only cases, given extracted patches, cannot;
 - engine, early exit at --ts (default: the median first-iteration estimate on the example faces);
+- the engine's recurrent layers as the file stores them (the default: 16-bit for a float16 file, widened in
+  the kernel, the same results) and, for such a file, also widened to float32 at load (twice the bytes);
 - engine with the recurrent layers stored as int8 (musica_ref/quantize.py), whole cascade;
 - network only, patches given (3 iterations chained by the hidden state): engine, PyTorch eager,
   TorchScript, ONNX Runtime; same weights, same inputs.
@@ -93,16 +95,16 @@ def _timeit(fn, n):
     return out
 
 
-def peak_memory(weights, batch):
+def peak_memory(weights, batch, recurrent="stored"):
     # VmHWM (peak RSS of this address space) rather than ru_maxrss, which keeps the RSS of the forked copy of
     # this (large) benchmark process from before exec and read 2 GB for a run that peaks near 0.5 GB
     # the example face's box, shifted by a few pixels per face like the timed batches
-    code = ("import sys, numpy as np, musica_ref as m; mo=m.MuSiCa.load(sys.argv[1]); "
+    code = ("import sys, numpy as np, musica_ref as m; mo=m.MuSiCa.load(sys.argv[1], recurrent=sys.argv[5]); "
             "im=m.load_image(sys.argv[2]); x0,y0,x1,y1=map(float, sys.argv[4].split(',')); "
             "b=[(x0+i%5,y0+i%3,x1+i%5,y1+i%3) for i in range(int(sys.argv[3]))]; mo.predict_batch(im,b); "
             "print(int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024)")
-    p = subprocess.run([sys.executable, "-c", code, str(weights), str(EXAMPLE), str(batch), ",".join(map(str, BOX))],
-                       capture_output=True, text=True, cwd=ROOT)
+    p = subprocess.run([sys.executable, "-c", code, str(weights), str(EXAMPLE), str(batch),
+                        ",".join(map(str, BOX)), recurrent], capture_output=True, text=True, cwd=ROOT)
     return int(p.stdout.strip())
 
 
@@ -120,7 +122,8 @@ def main(argv=None):
     else:
         weights_path = os.path.join(tmp, "w.h5")
         m.save_weights(weights_path, m.random_weights(m.get_variant(a.variant)))
-    model = m.MuSiCa.load(weights_path)
+    model = m.MuSiCa.load(weights_path)                   # recurrent layers as stored (float16 files: 16-bit)
+    model32 = m.MuSiCa.load(weights_path, recurrent="float32")
     w = model.weights
     v = w.variant
     img = m.load_image(EXAMPLE)
@@ -138,10 +141,12 @@ def main(argv=None):
             _, h, _ = iteration_forward(patches[i], h, w.iterations[i])
 
     cases = {}                                     # name -> (callable, faces per call)
-    model8 = m.MuSiCa(w, recurrent="int8")
+    model8 = m.MuSiCa.load(weights_path, recurrent="int8")
     for B, pat in ((1, patches1), (a.batch, patchesB)):
         bx = boxes[:B]
         cases[f"engine cascade, batch {B}"] = (lambda bx=bx: model.predict_batch(img, bx), B)
+        if model.recurrent != "float32":
+            cases[f"engine cascade float32, batch {B}"] = (lambda bx=bx: model32.predict_batch(img, bx), B)
         cases[f"engine cascade int8, batch {B}"] = (lambda bx=bx: model8.predict_batch(img, bx), B)
         cases[f"engine cascade Ts={ts:.3f}, batch {B}"] = (lambda bx=bx: model.predict_batch(img, bx, ts=ts), B)
         cases[f"engine network, batch {B}"] = (lambda pat=pat, B=B: engine_net(pat, B), B)
@@ -164,7 +169,7 @@ def main(argv=None):
                     outs.append(r["out"])
                 return torch.stack(outs)
 
-        net = NetOnly(from_weights(w, torch.float32)).eval()
+        net = NetOnly(from_weights(model32.weights, torch.float32)).eval()
         scripted = torch.jit.trace(net, tuple(torch.from_numpy(p) for p in patches1), check_trace=False)
         for B, pat in ((1, patches1), (a.batch, patchesB)):
             tp = tuple(torch.from_numpy(p) for p in pat)
@@ -215,10 +220,11 @@ def main(argv=None):
     runs = fresh(weights_path, 3)
     imp = statistics.median(r["import"] for r in runs)
     first = statistics.median(r["first"] for r in runs)
-    mem = peak_memory(weights_path, a.batch)
+    mem = {r: peak_memory(weights_path, a.batch, r) for r in ("stored", "float32")}
     params = opcount.total_parameters(v.n_landmarks, v.n_patches)
     macs = opcount.total_macs(v.n_landmarks, v.n_patches)
     print(f"machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"weights {weights_path}: recurrent layers held as {model.recurrent} in the engine's default cases")
     print(f"variant {v.name}: {macs / 1e6:.2f} M multiply-adds, {params:,d} parameters "
           f"({params * 4 / 1e6:.1f} MB float32) per face, all 3 iterations")
     for th in (1, 2):
@@ -234,7 +240,7 @@ def main(argv=None):
     print("\nratios (engine time / baseline time; < 1 means the engine is faster):")
     for th in (1, 2):
         for B in (1, a.batch):
-            for mine in ("network", "cascade", "cascade int8"):
+            for mine in ("network", "cascade", "cascade float32", "cascade int8"):
                 e = results.get((f"engine {mine}, batch {B}", th))
                 for base in ("PyTorch eager", "TorchScript", "ONNX Runtime"):
                     b = results.get((f"{base} network, batch {B}", th))
@@ -242,7 +248,9 @@ def main(argv=None):
                         print(f"  batch {B}, {th} thread(s): engine {mine} / {base} network = {e / b:.2f}")
     print(f"\nfresh process, compiled cache present (median of 3): import musica_ref {imp:.2f} s, "
           f"first predict {first:.2f} s")
-    print(f"peak resident memory, batch {a.batch}: {mem / 1e6:.0f} MB (weights {params * 4 / 1e6:.0f} MB float32)")
+    print(f"peak resident memory, batch {a.batch}: {mem['stored'] / 1e6:.0f} MB with the recurrent layers as stored "
+          f"({model.recurrent}), {mem['float32'] / 1e6:.0f} MB widened to float32 (weights {params * 4 / 1e6:.0f} MB "
+          f"as float32)")
     print(f"early exit threshold Ts = {ts:.4f}")
     zeros = [float((t["features"] == 0).mean()) for t in trace]
     print("inputs exactly 0 on the example face (their products are skipped): features "

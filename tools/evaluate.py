@@ -87,7 +87,7 @@ def main(argv=None):
     ap.add_argument("--csv", help="per-face results")
     ap.add_argument("--ced", help="CED curve PNG")
     a = ap.parse_args(argv)
-    model = m.MuSiCa.load(a.weights, recurrent="int8" if a.int8 else "float32")
+    model = m.MuSiCa.load(a.weights, recurrent="int8" if a.int8 else "stored")
     faces = FaceSet(a.data, a.limit)
     preds, its, macs, est, sec = predict_all(model, faces, a.method, a.ts, a.tf, a.batch)
     nme = summarise(faces, preds)

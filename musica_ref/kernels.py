@@ -570,56 +570,58 @@ FEATURE_ITEM = 4
 CONV1_IN = 3
 
 
-@njit(cache=True)
-def _round16(n):
-    """n rounded up to a multiple of 16 float32 values (64 bytes, one cache line)."""
-    return (n + 15) // 16 * 16
+# conv1 computes this many output channels per pass over its input
+CONV1_OUT_BLOCK = 4
 
 
 @njit(cache=True)
-def _fill_shifts(xs):
-    """xs (3, n): from row 0, a conv1 input, make rows 1 and 2 the same values shifted left by 1 and 2
-    (xs[dj, m] = xs[0, m + dj]; the last dj values of row dj are 0)."""
-    n = xs.shape[1]
-    for dj in range(1, 3):
-        for m in range(n - dj):
-            xs[dj, m] = xs[0, m + dj]
-        for m in range(n - dj, n):
-            xs[dj, m] = 0.0
-
-
-@njit(cache=True)
-def _conv1_span(x0, x1, x2, wcol, bias, dst, S, L, n0, n1):
-    """One output channel of conv1 on channel-major rows of width S: dst[n] = bias + sum over (c, di, dj) in
-    order of x[c * L + n + di * S + dj] * wcol[(c * 3 + di) * 3 + dj], for n0 <= n < n1, with the input
-    given as its three column shifts x0, x1, x2 (x_dj[m] = x[m + dj], _fill_shifts): every load of the loop
-    then has the alignment of its output, and with L and dst's rows multiples of 16 values (_round16) most
-    vector loads stay inside one cache line, where x[n + 1] and x[n + 2] would straddle two (about a third
-    faster on this loop). One pass over the span per input channel, its 9 taps a fixed unrolled sequence
-    inside the n loop (which vectorises): a chain of 9 dependent additions per output and pass, so the loop
-    keeps several vectors in flight. S, L, n0, n1 are uint64: non-negative indices let the loads be plain
-    vector loads (a signed index may wrap around, which turns every load into a gather)."""
+def _conv1_span(xt, w1t, b1, o, c1, S, L, n0, n1):
+    """Output channels o .. o + 3 of conv1 on channel-major rows of width S: c1[o + q, n] = b1[o + q] + sum
+    over (c, di, dj) in order of xt[c * L + n + di * S + dj] * w1t[o + q, (c * 3 + di) * 3 + dj], for
+    n0 <= n < n1. One pass over the span per input channel and kernel row (c, di): each of its 3 inputs is
+    loaded once for the 4 output channels (12 weights and 4 sums fit in registers), and the 4 sums are
+    independent chains. The loop over n vectorises. (One channel per pass, its 9 taps unrolled, reloads
+    every input for every output channel; this takes about two thirds of its time on the development
+    machine.) S, L, n0, n1 are uint64: non-negative indices let the loads be plain vector loads (a signed
+    index may wrap around, which turns every load into a gather)."""
+    da, db, dc, dd = c1[o], c1[o + 1], c1[o + 2], c1[o + 3]
+    ba, bb, bc, bd = b1[o], b1[o + 1], b1[o + 2], b1[o + 3]
     for n in range(n0, n1):
-        dst[n] = bias
-    S2 = S + S
+        da[n] = ba
+        db[n] = bb
+        dc[n] = bc
+        dd[n] = bd
     for c in range(CONV1_IN):
-        w0, w1, w2 = wcol[c * 9], wcol[c * 9 + 1], wcol[c * 9 + 2]
-        w3, w4, w5 = wcol[c * 9 + 3], wcol[c * 9 + 4], wcol[c * 9 + 5]
-        w6, w7, w8 = wcol[c * 9 + 6], wcol[c * 9 + 7], wcol[c * 9 + 8]
-        base = uint64(c) * L
-        for n in range(n0, n1):
-            a = dst[n]
-            i = base + n
-            a += x0[i] * w0
-            a += x1[i] * w1
-            a += x2[i] * w2
-            a += x0[i + S] * w3
-            a += x1[i + S] * w4
-            a += x2[i + S] * w5
-            a += x0[i + S2] * w6
-            a += x1[i + S2] * w7
-            a += x2[i + S2] * w8
-            dst[n] = a
+        for di in range(3):
+            t = (c * 3 + di) * 3
+            wa0, wa1, wa2 = w1t[o, t], w1t[o, t + 1], w1t[o, t + 2]
+            wb0, wb1, wb2 = w1t[o + 1, t], w1t[o + 1, t + 1], w1t[o + 1, t + 2]
+            wc0, wc1, wc2 = w1t[o + 2, t], w1t[o + 2, t + 1], w1t[o + 2, t + 2]
+            wd0, wd1, wd2 = w1t[o + 3, t], w1t[o + 3, t + 1], w1t[o + 3, t + 2]
+            base = uint64(c) * L + uint64(di) * S
+            for n in range(n0, n1):
+                i = base + n
+                x0, x1, x2 = xt[i], xt[i + uint64(1)], xt[i + uint64(2)]
+                u = da[n]
+                u += x0 * wa0
+                u += x1 * wa1
+                u += x2 * wa2
+                da[n] = u
+                u = db[n]
+                u += x0 * wb0
+                u += x1 * wb1
+                u += x2 * wb2
+                db[n] = u
+                u = dc[n]
+                u += x0 * wc0
+                u += x1 * wc1
+                u += x2 * wc2
+                dc[n] = u
+                u = dd[n]
+                u += x0 * wd0
+                u += x1 * wd1
+                u += x2 * wd2
+                dd[n] = u
 
 
 @njit(cache=True)
@@ -631,7 +633,7 @@ def _pool1(c1, base, S, p1, Q1):
     the column pairs of all Q1 x Q1 outputs in one loop (long enough to vectorise)."""
     zero = np.float32(0.0)
     rowmax = np.empty(4 * Q1 * Q1, np.float32)      # rowmax[i * 2Q1 + n]: max of rows 2i and 2i + 1, column n
-    for o in range(c1.shape[0]):
+    for o in range(p1.shape[0]):                    # c1 may have padding channels (_conv1_rows)
         for i in range(Q1):
             r0 = uint64(base + 2 * i * S)
             r1 = uint64(base + (2 * i + 1) * S)
@@ -766,23 +768,34 @@ def _feature_shapes_ok(Cin, S, w1, b1, w2, b2, wa, ba):
     C = w1.shape[3]
     F = 8 * C
     return not (Cin != CONV1_IN or S != 14 or w1.shape[:3] != (3, 3, Cin) or b1.shape[0] != C or F > FC_KCHUNK
+
                 or w2.shape != (3, 3, C, C) or b2.shape[0] != C or wa.shape != (F, F) or ba.shape[0] != F)
 
 
 @njit(cache=True)
-def _conv_layouts(w1, w2):
-    """conv1's weights as w1t[o, (c * 3 + di) * 3 + dj], conv2's as w2f[((c * 3 + di) * 3 + dj) * C + o]."""
+def _conv1_rows(C):
+    """Rows of a conv1 buffer: C rounded up to a multiple of CONV1_OUT_BLOCK (the extra channels, zero
+    weights, are computed and never read)."""
+    return (C + CONV1_OUT_BLOCK - 1) // CONV1_OUT_BLOCK * CONV1_OUT_BLOCK
+
+
+@njit(cache=True)
+def _conv_layouts(w1, b1, w2):
+    """conv1's weights as w1t[o, (c * 3 + di) * 3 + dj] and its bias b1p, both padded with zeros to
+    _conv1_rows(C) channels; conv2's as w2f[((c * 3 + di) * 3 + dj) * C + o]."""
     C, Cin = w1.shape[3], w1.shape[2]
-    w1t = np.ascontiguousarray(w1.transpose(3, 2, 0, 1)).reshape(C, 9 * Cin)
+    w1t = np.zeros((_conv1_rows(C), 9 * Cin), np.float32)
+    w1t[:C] = np.ascontiguousarray(w1.transpose(3, 2, 0, 1)).reshape(C, 9 * Cin)
+    b1p = np.zeros(_conv1_rows(C), np.float32)
+    b1p[:C] = b1
     w2f = np.ascontiguousarray(w2.transpose(2, 0, 1, 3)).reshape(-1)
-    return w1t, w2f
+    return w1t, b1p, w2f
 
 
 # FEATURE_ITEM patches lie side by side in a group's input, as one image 14 rows high and GROUP_W wide:
-# channel c, row r, column cc of patch k at xs[0, c * GROUP_L + r * GROUP_W + k * 14 + cc] (rows 1 and 2 of
-# xs: the shifts, _fill_shifts)
+# channel c, row r, column cc of patch k at xt[c * GROUP_L + r * GROUP_W + k * 14 + cc]
 GROUP_W = FEATURE_ITEM * 14
-GROUP_L = (14 * GROUP_W + 15) // 16 * 16         # _round16
+GROUP_L = 14 * GROUP_W + 2
 
 
 @njit(cache=True)
@@ -794,22 +807,21 @@ def _tail_scratch(C):
 
 @njit(cache=True)
 def _group_scratch(C):
-    """Scratch of one work item of FEATURE_ITEM patches: (xs, c1, tail scratch)."""
-    return (np.zeros((3, CONV1_IN * GROUP_L), np.float32), np.empty((C, _round16(12 * GROUP_W)), np.float32),
-            _tail_scratch(C))
+    """Scratch of one work item of FEATURE_ITEM patches: (xt, c1, tail scratch)."""
+    return np.zeros(CONV1_IN * GROUP_L, np.float32), np.empty((_conv1_rows(C), 12 * GROUP_W), np.float32), _tail_scratch(C)
 
 
 @njit(cache=True)
 def _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, p0):
-    """n <= FEATURE_ITEM 14x14 patches, side by side in row 0 of the scratch's xs (see GROUP_W), through the
-    whole feature extractor into out[p0 + k]. conv1 runs as one span over the 12 output rows of the group: output
+    """n <= FEATURE_ITEM 14x14 patches, side by side in the scratch's xt (see GROUP_W), through the whole
+    feature extractor into out[p0 + k]. conv1 runs as one span over the 12 output rows of the group: output
     i * GROUP_W + j reads input (i + di) * GROUP_W + j + dj of each channel (the 2 last columns of each
-    patch are computed and not read), so the 32 channels take 32 long vector loops, not 32 n short ones."""
-    xs, c1, tail = scratch
+    patch are computed and not read), so each block of 4 channels is a few long vector loops, not n short
+    ones."""
+    xt, c1, tail = scratch
     p1, c2, feat, part = tail
-    _fill_shifts(xs)
-    for o in range(w1t.shape[0]):
-        _conv1_span(xs[0], xs[1], xs[2], w1t[o], b1[o], c1[o], uint64(GROUP_W), uint64(GROUP_L), uint64(0),
+    for o in range(0, w1t.shape[0], CONV1_OUT_BLOCK):
+        _conv1_span(xt, w1t, b1, o, c1, uint64(GROUP_W), uint64(GROUP_L), uint64(0),
                     uint64(11 * GROUP_W + (n - 1) * 14 + 12))
     for k in range(n):
         _pool1(c1, k * 14, GROUP_W, p1, 6)
@@ -819,7 +831,6 @@ def _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, p0):
 @njit(cache=True)
 def _patch_input_from_level(level, c0, r0, xt, k):
     """The 14x14 patch of level (H, W, Cin) with top-left (col c0, row r0) into slot k of a group's input xt
-    (row 0 of the scratch's xs)
     (see GROUP_W), zeros outside the level: what extract_patches gives."""
     H, W, Cin = level.shape
     S = 14
@@ -852,11 +863,11 @@ def patch_features(patches, w1, b1, w2, b2, wa, ba):
     if S_ != S or not _feature_shapes_ok(Cin, S, w1, b1, w2, b2, wa, ba):
         raise ValueError("patch_features: patches must be (BP, 14, 14, 3), w1 (3, 3, 3, C), w2 (3, 3, C, C), "
                          "wa (8C, 8C), with biases to match")
-    w1t, w2f = _conv_layouts(w1, w2)
+    w1t, b1p, w2f = _conv_layouts(w1, b1, w2)
     gated = np.empty((BP, F), np.float32)
     for t in prange((BP + FEATURE_ITEM - 1) // FEATURE_ITEM):
         scratch = _group_scratch(C)
-        xt = scratch[0][0]
+        xt = scratch[0]
         p0 = t * FEATURE_ITEM
         n = min(BP, p0 + FEATURE_ITEM) - p0
         for k in range(n):
@@ -864,7 +875,7 @@ def patch_features(patches, w1, b1, w2, b2, wa, ba):
                 for cc in range(S):
                     for c in range(Cin):
                         xt[c * GROUP_L + r * GROUP_W + k * S + cc] = patches[p0 + k, r, cc, c]
-        _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, gated, p0)
+        _group_features(n, w1t, b1p, w2f, b2, wa, ba, scratch, gated, p0)
     return gated
 
 
@@ -936,19 +947,17 @@ def _conv1_map_plan(corners):
 
 @njit(cache=True)
 def _conv1_map_input(level, ylo, xlo, Hm, Wm):
-    """The level under a conv1 map (Hm + 2 rows of Wm + 2 from row ylo, column xlo), channel-major with
-    channel stride Lr (a multiple of 16), zeros outside the level, in row 0 of xs (3, Cin * Lr) and its
-    shifts in rows 1 and 2 (_fill_shifts). Returns (xs, Lr)."""
+    """The level under a conv1 map (Hm + 2 rows of Wm + 2 from row ylo, column xlo), channel-major, zeros
+    outside the level, +2 values at the end (a span may run over a row end). Returns (xin, Lr)."""
     H, W, Cin = level.shape
     Wr = Wm + 2
-    Lr = _round16((Hm + 2) * Wr)
-    xs = np.zeros((3, Cin * Lr), np.float32)
+    Lr = (Hm + 2) * Wr
+    xin = np.zeros(Cin * Lr + 2, np.float32)
     for y in range(max(0, ylo), min(H, ylo + Hm + 2)):
         for x in range(max(0, xlo), min(W, xlo + Wr)):
             for c in range(Cin):
-                xs[0, c * Lr + (y - ylo) * Wr + (x - xlo)] = level[y, x, c]
-    _fill_shifts(xs)
-    return xs, Lr
+                xin[c * Lr + (y - ylo) * Wr + (x - xlo)] = level[y, x, c]
+    return xin, Lr
 
 
 @njit(cache=True)
@@ -956,15 +965,16 @@ def _level_group(level, corners, p0, n, w1t, b1, w2f, b2, wa, ba, scratch, out, 
     """Patches p0 .. p0 + n - 1 (n <= FEATURE_ITEM) at `corners` of the level, one by one (no sharing), into
     out[out0 + p]."""
     for k in range(n):
-        _patch_input_from_level(level, corners[p0 + k, 0], corners[p0 + k, 1], scratch[0][0], k)
+        _patch_input_from_level(level, corners[p0 + k, 0], corners[p0 + k, 1], scratch[0], k)
     _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, out0 + p0)
 
 
 @njit(cache=True)
-def _map_channel(xs, Lr, Wr, run0, run1, w1t, b1, c1, o):
-    """Output channel o of the shared conv1 map c1 (rows of width Wr) over its spans."""
+def _map_channels(xin, Lr, Wr, run0, run1, w1t, b1, c1, o):
+    """Output channels o .. o + CONV1_OUT_BLOCK - 1 of the shared conv1 map c1 (rows of width Wr) over its
+    spans."""
     for k in range(run0.shape[0]):
-        _conv1_span(xs[0], xs[1], xs[2], w1t[o], b1[o], c1[o], uint64(Wr), uint64(Lr), run0[k], run1[k])
+        _conv1_span(xin, w1t, b1, o, c1, uint64(Wr), uint64(Lr), run0[k], run1[k])
 
 
 @njit(cache=True)
@@ -992,20 +1002,20 @@ def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out):
             or out.shape[0] != P or out.shape[1] != 8 * C:
         raise ValueError("level_patch_features: level must be (H, W, 3), corners (P, 2) with P >= 1, out "
                          "(P, 8C), and the weights as for patch_features")
-    w1t, w2f = _conv_layouts(w1, w2)
+    w1t, b1p, w2f = _conv_layouts(w1, b1, w2)
     ylo, xlo, Hm, Wm, run0, run1 = _conv1_map_plan(corners)
     G = (P + FEATURE_ITEM - 1) // FEATURE_ITEM
     if run0.shape[0] == 0:                               # one by one
         for t in prange(G):
             p0 = t * FEATURE_ITEM
-            _level_group(level, corners, p0, min(P, p0 + FEATURE_ITEM) - p0, w1t, b1, w2f, b2, wa, ba,
+            _level_group(level, corners, p0, min(P, p0 + FEATURE_ITEM) - p0, w1t, b1p, w2f, b2, wa, ba,
                          _group_scratch(C), out, 0)
         return False
-    xs, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
+    xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
     Wr = Wm + 2
-    c1 = np.empty((C, _round16(Hm * Wr)), np.float32)    # conv1 map, rows of width Wr; only the spans written
-    for o in prange(C):
-        _map_channel(xs, Lr, Wr, run0, run1, w1t, b1, c1, o)
+    c1 = np.empty((_conv1_rows(C), Hm * Wr), np.float32)              # conv1 map, rows of width Wr; only the spans written
+    for g in prange(w1t.shape[0] // CONV1_OUT_BLOCK):
+        _map_channels(xin, Lr, Wr, run0, run1, w1t, b1p, c1, g * CONV1_OUT_BLOCK)
     for t in prange(G):
         p0 = t * FEATURE_ITEM
         _map_patches(c1, Wr, ylo, xlo, corners, p0, min(P, p0 + FEATURE_ITEM), w2f, b2, wa, ba,
@@ -1028,7 +1038,7 @@ def levels_patch_features(levels, corners, w1, b1, w2, b2, wa, ba, out):
         if not _feature_shapes_ok(levels[b].shape[2], 14, w1, b1, w2, b2, wa, ba):
             raise ValueError("levels_patch_features: levels must be (H, W, 3) and the weights as for "
                              "patch_features")
-    w1t, w2f = _conv_layouts(w1, w2)
+    w1t, b1p, w2f = _conv_layouts(w1, b1, w2)
     shared = np.zeros(B, np.int64)
     for b in prange(B):
         level = levels[np.int64(b)]            # (a prange index may be unsigned; the list wants int64)
@@ -1036,14 +1046,14 @@ def levels_patch_features(levels, corners, w1, b1, w2, b2, wa, ba, out):
         if run0.shape[0] == 0:                           # one by one, FEATURE_ITEM at a time
             scratch = _group_scratch(C)
             for p0 in range(0, P, FEATURE_ITEM):
-                _level_group(level, corners[b], p0, min(P, p0 + FEATURE_ITEM) - p0, w1t, b1, w2f, b2, wa, ba,
+                _level_group(level, corners[b], p0, min(P, p0 + FEATURE_ITEM) - p0, w1t, b1p, w2f, b2, wa, ba,
                              scratch, out, b * P)
         else:
             shared[b] = 1
-            xs, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
+            xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
             Wr = Wm + 2
-            c1 = np.empty((C, _round16(Hm * Wr)), np.float32)
-            for o in range(C):
-                _map_channel(xs, Lr, Wr, run0, run1, w1t, b1, c1, o)
+            c1 = np.empty((_conv1_rows(C), Hm * Wr), np.float32)
+            for o in range(0, w1t.shape[0], CONV1_OUT_BLOCK):
+                _map_channels(xin, Lr, Wr, run0, run1, w1t, b1p, c1, o)
             _map_patches(c1, Wr, ylo, xlo, corners[b], 0, P, w2f, b2, wa, ba, _tail_scratch(C), out, b * P)
     return shared.sum()

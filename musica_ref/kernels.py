@@ -401,18 +401,17 @@ def crop_concat(conv2, pool2):
 
 
 @njit(cache=True)
-def _fc_chunk(x, weight, r0, nr, c, acc):
+def _fc_chunk(x, weight, r0, nr, c, acc, ks, xs):
     """acc[r] = sum over k of chunk c (in order) of x[r0 + r, k] * weight[k], starting from 0; inputs that are
     exactly 0 are skipped (adding 0 * w, w finite, leaves every partial sum as it is, bit for bit).
     weight is float32, int8 or uint16 float16 bits (each element widened to float32 exactly: widen).
     For each input, its nonzero inputs are listed first and their weight rows taken eight at a time: eight
     terms added in order to each output in one pass (eight row streams in flight for the memory system, each
     output loaded and stored once per eight rows); the chunk's rows stay in cache for the next input of the
-    block."""
+    block. ks (int64) and xs (float32), at least FC_KCHUNK long, are scratch (the caller's, so that the
+    feature extractor allocates nothing per patch)."""
     K, M = weight.shape
     k0, k1 = c * FC_KCHUNK, min(K, (c + 1) * FC_KCHUNK)
-    ks = np.empty(k1 - k0, np.int64)
-    xs = np.empty(k1 - k0, np.float32)
     for r in range(nr):
         for j in range(M):
             acc[r, j] = 0.0
@@ -466,6 +465,7 @@ def _fully_connected(x, weight, bias, scale, scaled):
         # weights come from memory once per group and from the cache for its other blocks
         acc = np.empty((n_rb, FC_ROWS, M), np.float32)
         for g in prange(n_groups):
+            ks, xs = np.empty(FC_KCHUNK, np.int64), np.empty(FC_KCHUNK, np.float32)
             for b in range(g * FC_GROUP_BLOCKS * FC_ROWS, min(B, (g + 1) * FC_GROUP_BLOCKS * FC_ROWS)):
                 for j in range(M):
                     out[b, j] = start[j]
@@ -473,7 +473,7 @@ def _fully_connected(x, weight, bias, scale, scaled):
                 for rb in range(g * FC_GROUP_BLOCKS, min(n_rb, (g + 1) * FC_GROUP_BLOCKS)):
                     r0 = rb * FC_ROWS
                     nr = min(B, r0 + FC_ROWS) - r0
-                    _fc_chunk(x, weight, r0, nr, c, acc[rb])
+                    _fc_chunk(x, weight, r0, nr, c, acc[rb], ks, xs)
                     for r in range(nr):
                         for j in range(M):
                             out[r0 + r, j] += acc[rb, r, j]
@@ -482,7 +482,8 @@ def _fully_connected(x, weight, bias, scale, scaled):
         for t in prange(n_rb * n_kc):
             c = t % n_kc
             r0 = (t // n_kc) * FC_ROWS
-            _fc_chunk(x, weight, r0, min(B, r0 + FC_ROWS) - r0, c, part[c, r0:])
+            _fc_chunk(x, weight, r0, min(B, r0 + FC_ROWS) - r0, c, part[c, r0:], np.empty(FC_KCHUNK, np.int64),
+                      np.empty(FC_KCHUNK, np.float32))
         for b in prange(B):
             for j in range(M):
                 out[b, j] = start[j]
@@ -625,14 +626,14 @@ def _conv1_span(xt, w1t, b1, o, c1, S, L, n0, n1):
 
 
 @njit(cache=True)
-def _pool1(c1, base, S, p1, Q1):
+def _pool1(c1, base, S, p1, Q1, rowmax):
     """ReLU + 2x2 max-pool of the 2Q1 x 2Q1 block of conv1 that starts at flat index base (channel-major, rows
     of width S) into p1 (C, Q1 * Q1), channel-major. Each output is ReLU(max of its 4 inputs): the max of the
     ReLUs, as ReLU is monotone; the max of 4 finite numbers does not depend on the order it is taken in (up
     to the sign of a zero, which ReLU removes). Per channel: the row pairs' maxima first (contiguous), then
-    the column pairs of all Q1 x Q1 outputs in one loop (long enough to vectorise)."""
+    the column pairs of all Q1 x Q1 outputs in one loop (long enough to vectorise). rowmax: scratch of
+    4 Q1 Q1 values, rowmax[i * 2Q1 + n] the max of rows 2i and 2i + 1 at column n."""
     zero = np.float32(0.0)
-    rowmax = np.empty(4 * Q1 * Q1, np.float32)      # rowmax[i * 2Q1 + n]: max of rows 2i and 2i + 1, column n
     for o in range(p1.shape[0]):                    # c1 may have padding channels (_conv1_rows)
         for i in range(Q1):
             r0 = uint64(base + 2 * i * S)
@@ -733,9 +734,9 @@ def _conv2(p1, w2f, b2, c2, Q1, S2):
 
 
 @njit(cache=True)
-def _gated_from_pool1(p1, Q1, w2f, b2, wa, ba, c2, feat, part, out):
+def _gated_from_pool1(p1, Q1, w2f, b2, wa, ba, c2, feat, part, ks, xs, out):
     """The rest of one patch after pool1 (C, Q1 * Q1): conv2 + ReLU -> maxpool2x2 -> crop_concat -> attention
-    -> sigmoid -> gate, into out (8C,). c2, feat, part are scratch."""
+    -> sigmoid -> gate, into out (8C,). c2, feat, part, ks, xs are scratch (_tail_scratch)."""
     C = b2.shape[0]
     F = 8 * C
     S2 = Q1 - 2                                    # conv2 output side (4)
@@ -754,7 +755,7 @@ def _gated_from_pool1(p1, Q1, w2f, b2, wa, ba, c2, feat, part, out):
     # gives 0 whatever its attention, so its sigmoid is not computed)
     zero = np.float32(0.0)
     one = np.float32(1.0)
-    _fc_chunk(feat.reshape((1, F)), wa, 0, 1, 0, part.reshape((1, F)))
+    _fc_chunk(feat.reshape((1, F)), wa, 0, 1, 0, part.reshape((1, F)), ks, xs)
     for j in range(F):
         if feat[j] == zero:                        # 0 * sigmoid (finite, > 0) is +0 exactly: no exp needed
             out[j] = zero
@@ -800,15 +801,17 @@ GROUP_L = 14 * GROUP_W + 2
 
 @njit(cache=True)
 def _tail_scratch(C):
-    """Scratch of one patch after conv1: (p1, c2, feat, part)."""
+    """Scratch of one patch after conv1, reused patch after patch: (p1, c2, feat, part, rowmax, ks, xs)."""
     return (np.empty((C, 36), np.float32), np.empty(16 * C, np.float32), np.empty(8 * C, np.float32),
-            np.empty(8 * C, np.float32))
+            np.empty(8 * C, np.float32), np.empty(4 * 36, np.float32), np.empty(FC_KCHUNK, np.int64),
+            np.empty(FC_KCHUNK, np.float32))
 
 
 @njit(cache=True)
 def _group_scratch(C):
     """Scratch of one work item of FEATURE_ITEM patches: (xt, c1, tail scratch)."""
-    return np.zeros(CONV1_IN * GROUP_L, np.float32), np.empty((_conv1_rows(C), 12 * GROUP_W), np.float32), _tail_scratch(C)
+    return (np.zeros(CONV1_IN * GROUP_L, np.float32), np.empty((_conv1_rows(C), 12 * GROUP_W), np.float32),
+            _tail_scratch(C))
 
 
 @njit(cache=True)
@@ -819,13 +822,13 @@ def _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, p0):
     patch are computed and not read), so each block of 4 channels is a few long vector loops, not n short
     ones."""
     xt, c1, tail = scratch
-    p1, c2, feat, part = tail
+    p1, c2, feat, part, rowmax, ks, xs = tail
     for o in range(0, w1t.shape[0], CONV1_OUT_BLOCK):
         _conv1_span(xt, w1t, b1, o, c1, uint64(GROUP_W), uint64(GROUP_L), uint64(0),
                     uint64(11 * GROUP_W + (n - 1) * 14 + 12))
     for k in range(n):
-        _pool1(c1, k * 14, GROUP_W, p1, 6)
-        _gated_from_pool1(p1, 6, w2f, b2, wa, ba, c2, feat, part, out[p0 + k])
+        _pool1(c1, k * 14, GROUP_W, p1, 6, rowmax)
+        _gated_from_pool1(p1, 6, w2f, b2, wa, ba, c2, feat, part, ks, xs, out[p0 + k])
 
 
 @njit(cache=True)
@@ -980,10 +983,10 @@ def _map_channels(xin, Lr, Wr, run0, run1, w1t, b1, c1, o):
 @njit(cache=True)
 def _map_patches(c1, Wr, ylo, xlo, corners, p_lo, p_hi, w2f, b2, wa, ba, tail, out, out0):
     """Patches p_lo .. p_hi - 1 from their 12x12 blocks of the shared conv1 map into out[out0 + p]."""
-    p1, c2, feat, part = tail
+    p1, c2, feat, part, rowmax, ks, xs = tail
     for p in range(p_lo, p_hi):
-        _pool1(c1, (corners[p, 1] - ylo) * Wr + corners[p, 0] - xlo, Wr, p1, 6)
-        _gated_from_pool1(p1, 6, w2f, b2, wa, ba, c2, feat, part, out[out0 + p])
+        _pool1(c1, (corners[p, 1] - ylo) * Wr + corners[p, 0] - xlo, Wr, p1, 6, rowmax)
+        _gated_from_pool1(p1, 6, w2f, b2, wa, ba, c2, feat, part, ks, xs, out[out0 + p])
 
 
 @njit(parallel=True, cache=True)
@@ -1013,7 +1016,7 @@ def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out):
         return False
     xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
     Wr = Wm + 2
-    c1 = np.empty((_conv1_rows(C), Hm * Wr), np.float32)              # conv1 map, rows of width Wr; only the spans written
+    c1 = np.empty((_conv1_rows(C), Hm * Wr), np.float32)  # conv1 map, rows of width Wr; only the spans written
     for g in prange(w1t.shape[0] // CONV1_OUT_BLOCK):
         _map_channels(xin, Lr, Wr, run0, run1, w1t, b1p, c1, g * CONV1_OUT_BLOCK)
     for t in prange(G):

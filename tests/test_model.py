@@ -165,3 +165,29 @@ def test_batch_input_mismatch():
     with pytest.raises(m.InputError, match="2 images for 1 boxes"):
         model.predict_batch([img, img], [(10, 10, 40, 40)])
     assert model.predict_batch(img, []) == []
+
+
+def test_every_kernel_the_model_runs_is_cached_on_disk(tmp_path):
+    # A kernel Numba cannot cache (it reads a dynamic global, such as numba.get_num_threads()) would be
+    # compiled again by every new process, about 40 s; Numba only warns. Run the model's paths in a fresh
+    # process and fail on that warning.
+    import subprocess
+    import sys
+    code = (
+        "import warnings, numpy as np\n"
+        "warnings.simplefilter('always')\n"
+        "import musica_ref as m\n"
+        "w = m.random_weights(m.get_variant('musica19'))\n"
+        "m.save_weights(r'%s', w, dtype=np.float16)\n"
+        "img = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)\n"
+        "with warnings.catch_warnings(record=True) as got:\n"
+        "    warnings.simplefilter('always')\n"
+        "    for rec in ('stored', 'float32', 'int8'):\n"
+        "        mo = m.MuSiCa.load(r'%s', recurrent=rec)\n"
+        "        mo.predict(img, (50, 50, 150, 160)); mo.predict_batch(img, [(50, 50, 150, 160), (40, 45, 160, 150)])\n"
+        "    mo.trace(img, (50, 50, 150, 160))\n"
+        "print('\\n'.join(str(x.message) for x in got if 'cache' in str(x.message).lower()))\n"
+    ) % (tmp_path / "w.h5", tmp_path / "w.h5")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "", p.stdout

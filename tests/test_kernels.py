@@ -123,6 +123,28 @@ def test_fully_connected_row_result_does_not_depend_on_batch():
         np.testing.assert_array_equal(K.fully_connected(x[i:i + 1], w, b)[0], full[i])
 
 
+
+@pytest.mark.parametrize("storage", ["float32", "float16", "int8"])
+def test_fully_connected_work_splits_agree(storage):
+    # one row (chunks in parallel), 2-4 blocks of 8 rows (chunk-major tasks in parallel) and more (groups of
+    # blocks in parallel) give every row the same bits; half the inputs 0 (skipped)
+    rng = np.random.default_rng(5)
+    x, b = rnd(rng, (45, 700)), rnd(rng, (300,))
+    x[rng.random(x.shape) < 0.5] = 0
+    w = rnd(rng, (700, 300))
+    if storage == "int8":
+        q, sc = rng.integers(-127, 128, w.shape).astype(np.int8), (rng.random(300) * 0.01).astype(np.float32)
+        fc = lambda xx: K.fully_connected_scaled(xx, q, sc, b)
+    else:
+        ww = w.astype(np.float16).view(np.uint16) if storage == "float16" else w
+        fc = lambda xx: K.fully_connected(xx, ww, b)
+    full = fc(x)                                             # 6 blocks: groups
+    for lo, hi in ((0, 20), (3, 35), (40, 45)):              # 3, 4 blocks: chunk-major tasks; 1 block
+        np.testing.assert_array_equal(fc(x[lo:hi]), full[lo:hi])
+    for i in (0, 17, 44):
+        np.testing.assert_array_equal(fc(x[i:i + 1])[0], full[i])
+
+
 special = np.array([0.0, -0.0, 1e-30, -1e-30, 0.5, -0.5, 10.0, -10.0, 87.0, -87.0, 89.0, -89.0, 100.0,
                     -100.0, 1e30, -1e30], dtype=np.float32)
 

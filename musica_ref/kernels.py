@@ -33,7 +33,22 @@ FC_GROUP_BLOCKS = 4
 # binary16 bit patterns (float16 storage: Numba has no float16 type on the CPU). `widen` turns one element
 # into float32, exactly in every case. x86 CPUs with F16C convert halves in one instruction (vcvtph2ps);
 # elsewhere the conversion is done with integer operations (the same values, bit for bit).
-HALF_IN_HARDWARE = "f16c" in llvm.get_host_cpu_features().flatten() or not llvm.get_process_triple().startswith("x86")
+
+def _half_in_hardware() -> bool:
+    """Whether LLVM turns `fpext half -> float` into one instruction here (else it may call a runtime
+    function that a JIT-ed kernel cannot always link): x86 with F16C, and 64-bit ARM (always has it)."""
+    triple = llvm.get_process_triple()
+    if triple.startswith(("aarch64", "arm64")):
+        return True
+    if not triple.startswith("x86"):
+        return False
+    try:
+        return "+f16c" in llvm.get_host_cpu_features().flatten().split(",")   # "-f16c" when absent
+    except RuntimeError:                              # features unknown: the portable path
+        return False
+
+
+HALF_IN_HARDWARE = _half_in_hardware()
 
 
 @intrinsic
@@ -775,7 +790,6 @@ def _feature_shapes_ok(Cin, S, w1, b1, w2, b2, wa, ba):
     C = w1.shape[3]
     F = 8 * C
     return not (Cin != CONV1_IN or S != 14 or w1.shape[:3] != (3, 3, Cin) or b1.shape[0] != C or F > FC_KCHUNK
-
                 or w2.shape != (3, 3, C, C) or b2.shape[0] != C or wa.shape != (F, F) or ba.shape[0] != F)
 
 

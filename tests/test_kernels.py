@@ -388,6 +388,21 @@ def test_widen_reads_every_finite_float16_exactly(integer):
     np.testing.assert_array_equal(got.view(np.uint32), bits.view(np.float16).astype(np.float32).view(np.uint32))
 
 
+
+@pytest.mark.parametrize("triple, features, expected", [
+    ("x86_64-unknown-linux-gnu", "+avx2,+f16c,+fma", True),
+    ("x86_64-unknown-linux-gnu", "+avx2,-f16c,+fma", False),       # absent features are listed with "-"
+    ("aarch64-unknown-linux-gnu", "", True),
+    ("powerpc64le-unknown-linux-gnu", "", False),
+])
+def test_half_conversion_path_choice(monkeypatch, triple, features, expected):
+    class Features:
+        def flatten(self):
+            return features
+    monkeypatch.setattr(K.llvm, "get_process_triple", lambda: triple)
+    monkeypatch.setattr(K.llvm, "get_host_cpu_features", lambda: Features())
+    assert K._half_in_hardware() is expected
+
 @given(seed=seeds, B=st.integers(1, 40), Kn=st.integers(1, 600), M=st.integers(1, 70), scale=scales)
 def test_fully_connected_float16_bits_equal_float32(seed, B, Kn, M, scale):
     # weights held as float16 bit patterns give bit for bit what their float32 values give

@@ -96,16 +96,23 @@ def _timeit(fn, n):
 
 
 def peak_memory(weights, batch, recurrent="stored"):
-    # VmHWM (peak RSS of this address space) rather than ru_maxrss, which keeps the RSS of the forked copy of
-    # this (large) benchmark process from before exec and read 2 GB for a run that peaks near 0.5 GB
+    """A fresh process: resident memory (VmRSS) after `import musica_ref`, after loading the weights and after a
+    first one-face `predict`, then the peak (VmHWM) after a batch; bytes. VmHWM rather than ru_maxrss, which
+    keeps the RSS of the forked copy of this (large) benchmark process from before exec."""
     # the example face's box, shifted by a few pixels per face like the timed batches
-    code = ("import sys, numpy as np, musica_ref as m; mo=m.MuSiCa.load(sys.argv[1], recurrent=sys.argv[5]); "
-            "im=m.load_image(sys.argv[2]); x0,y0,x1,y1=map(float, sys.argv[4].split(',')); "
-            "b=[(x0+i%5,y0+i%3,x1+i%5,y1+i%3) for i in range(int(sys.argv[3]))]; mo.predict_batch(im,b); "
-            "print(int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) * 1024)")
+    code = ("import sys, json\n"
+            "def rss(key='VmRSS'):\n"
+            "    return int(open('/proc/self/status').read().split(key + ':')[1].split()[0]) * 1024\n"
+            "import numpy as np, musica_ref as m\n"
+            "r = [rss()]\n"
+            "mo = m.MuSiCa.load(sys.argv[1], recurrent=sys.argv[5]); r.append(rss())\n"
+            "im = m.load_image(sys.argv[2]); x0, y0, x1, y1 = map(float, sys.argv[4].split(','))\n"
+            "mo.predict(im, (x0, y0, x1, y1)); r.append(rss())\n"
+            "mo.predict_batch(im, [(x0 + i % 5, y0 + i % 3, x1 + i % 5, y1 + i % 3) for i in range(int(sys.argv[3]))])\n"
+            "r.append(rss('VmHWM')); print(json.dumps(r))\n")
     p = subprocess.run([sys.executable, "-c", code, str(weights), str(EXAMPLE), str(batch),
                         ",".join(map(str, BOX)), recurrent], capture_output=True, text=True, cwd=ROOT)
-    return int(p.stdout.strip())
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None):
@@ -220,7 +227,7 @@ def main(argv=None):
     runs = fresh(weights_path, 3)
     imp = statistics.median(r["import"] for r in runs)
     first = statistics.median(r["first"] for r in runs)
-    mem = {r: peak_memory(weights_path, a.batch, r) for r in ("stored", "float32")}
+    mem = {r: peak_memory(weights_path, a.batch, r) for r in ("stored", "float32", "int8")}
     params = opcount.total_parameters(v.n_landmarks, v.n_patches)
     macs = opcount.total_macs(v.n_landmarks, v.n_patches)
     print(f"machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}")
@@ -248,9 +255,13 @@ def main(argv=None):
                         print(f"  batch {B}, {th} thread(s): engine {mine} / {base} network = {e / b:.2f}")
     print(f"\nfresh process, compiled cache present (median of 3): import musica_ref {imp:.2f} s, "
           f"first predict {first:.2f} s")
-    print(f"peak resident memory, batch {a.batch}: {mem['stored'] / 1e6:.0f} MB with the recurrent layers as stored "
-          f"({model.recurrent}), {mem['float32'] / 1e6:.0f} MB widened to float32 (weights {params * 4 / 1e6:.0f} MB "
-          f"as float32)")
+    print(f"peak resident memory of a batch of {a.batch} in a fresh process (weights {params * 4 / 1e6:.0f} MB as "
+          f"float32): resident after import / after loading the weights / after a first one-face predict, and the "
+          f"peak after the batch")
+    for r, (imp_b, load_b, first_b, peak_b) in mem.items():
+        label = f"{r} ({model.recurrent})" if r == "stored" else r
+        print(f"  recurrent layers {label}: {imp_b / 1e6:.0f} / {load_b / 1e6:.0f} / {first_b / 1e6:.0f} MB, "
+              f"peak {peak_b / 1e6:.0f} MB")
     print(f"early exit threshold Ts = {ts:.4f}")
     zeros = [float((t["features"] == 0).mean()) for t in trace]
     print("inputs exactly 0 on the example face (their products are skipped): features "

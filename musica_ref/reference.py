@@ -27,10 +27,22 @@ def pyramid(image, frame) -> list[np.ndarray]:
     return [(r - mean) / std for r in raw]
 
 
+def stored_as_float64(w) -> dict:
+    """The tensors of one iteration as float64 values, whatever their storage in a MuSiCa (quantize.py):
+    uint16 arrays are float16 bit patterns; int8 recurrent weights come with "recurrent/scale" (q * scale)."""
+    t = {}
+    for k, v in w.items():
+        v = np.asarray(v)
+        t[k] = v.view(np.float16).astype(np.float64) if v.dtype == np.uint16 else v.astype(np.float64)
+    if "recurrent/scale" in t:
+        t["recurrent/weight"] = t["recurrent/weight"] * t.pop("recurrent/scale")
+    return t
+
+
 def network(patches, h_prev, w) -> dict:
     """One iteration on one face. patches (P, 14, 14, 3), h_prev (HIDDEN = 512,), w: tensor name -> array.
     Returns every named intermediate (float64)."""
-    t = {k: np.asarray(v, dtype=np.float64) for k, v in w.items()}
+    t = stored_as_float64(w)
     r = {}
     r["conv1"] = ops.conv3x3(patches, t["conv1/weight"], t["conv1/bias"])            # (P, 12, 12, 32)
     r["pool1"] = ops.maxpool2x2(r["conv1"])                                          # (P, 6, 6, 32)

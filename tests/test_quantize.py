@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import musica_ref as m
+from musica_ref import reference
 from musica_ref.quantize import quantize_int8, with_precision
 
 from conftest import EXAMPLE_BOX, random_model
@@ -63,6 +64,10 @@ def test_float16_file_stays_16_bit_and_gives_the_float32_results(tmp_path):
     for a, b in zip(stored.predict_batch(img, boxes), wide.predict_batch(img, boxes)):
         np.testing.assert_array_equal(a.landmarks, b.landmarks)
         np.testing.assert_array_equal(a.errors, b.errors)
+    # the float64 NumPy reference reads the 16-bit weights as their values (not as integers)
+    ref16, ref32 = (reference.cascade(mo.weights, img, EXAMPLE_BOX) for mo in (stored, wide))
+    np.testing.assert_array_equal(ref16["landmarks"], ref32["landmarks"])
+    np.testing.assert_allclose(ref16["landmarks"], stored.predict(img, EXAMPLE_BOX).landmarks, atol=1e-3)
     # int8 from the float16 file = int8 from its float32 widening
     q16, q32 = m.MuSiCa.load(path, recurrent="int8"), m.MuSiCa(wide.weights, recurrent="int8")
     np.testing.assert_array_equal(q16.predict(img, EXAMPLE_BOX).landmarks, q32.predict(img, EXAMPLE_BOX).landmarks)

@@ -89,6 +89,10 @@ def check_weights(w: Weights, keep_float16=()) -> Weights:
             if a.shape != shapes[name]:
                 raise WeightsError(f"tensor {where} has shape {a.shape}, expected {shapes[name]} "
                                    f"for N = {N} landmarks and P = {P} patches")
+            if a.dtype in (np.uint16, np.int8):
+                raise WeightsError(f"tensor {where} has dtype {a.dtype}: the in-memory storage of a MuSiCa "
+                                   f"(quantize.py), not float values; use load_weights(path), or a model "
+                                   f"loaded with recurrent='float32'")
             if a.dtype not in (np.float16, np.float32, np.float64):
                 raise WeightsError(f"tensor {where} has dtype {a.dtype}; store float32 or float16")
             a = np.ascontiguousarray(a, dtype=np.float16 if a.dtype == np.float16 and name in keep_float16

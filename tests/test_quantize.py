@@ -1,4 +1,6 @@
 """Storage of the recurrent layers (float16, int8): the rounding, the model path, and what it leaves alone."""
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -89,6 +91,17 @@ def test_float32_weights_stay_float32_unless_rounding_is_asked_for():
 
 def test_float16_refuses_weights_out_of_its_range():
     w = random_model("musica19", 0).weights
-    w.iterations[2]["recurrent/weight"][3, 4] = 7e4
+    its = [dict(it) for it in w.iterations]               # the shared test model stays as it is
+    its[2]["recurrent/weight"] = its[2]["recurrent/weight"].copy()
+    its[2]["recurrent/weight"][3, 4] = 7e4
+    w = dataclasses.replace(w, iterations=its)
     with pytest.raises(m.InputError, match="float16"):
         with_precision(w, "float16")
+
+
+def test_a_models_16_bit_weights_are_not_saved_as_integers(tmp_path):
+    path = tmp_path / "w16.h5"
+    m.save_weights(path, random_model("musica19", 0).weights, dtype=np.float16)
+    with pytest.raises(m.WeightsError, match="uint16.*recurrent='float32'"):
+        m.save_weights(tmp_path / "again.h5", m.MuSiCa.load(path).weights)
+    m.save_weights(tmp_path / "again.h5", m.MuSiCa.load(path, recurrent="float32").weights)

@@ -597,6 +597,15 @@ CONV1_OUT_BLOCK = 4
 
 
 @njit(cache=True)
+def _add3(u, x0, x1, x2, w0, w1, w2):
+    """u + x0 w0 + x1 w1 + x2 w2, added left to right (one kernel row of a 3x3 tap; inlined by LLVM)."""
+    u += x0 * w0
+    u += x1 * w1
+    u += x2 * w2
+    return u
+
+
+@njit(cache=True)
 def _conv1_span(xt, w1t, b1, o, c1, S, L, n0, n1):
     """Output channels o .. o + 3 of conv1 on channel-major rows of width S: c1[o + q, n] = b1[o + q] + sum
     over (c, di, dj) in order of xt[c * L + n + di * S + dj] * w1t[o + q, (c * 3 + di) * 3 + dj], for
@@ -624,26 +633,10 @@ def _conv1_span(xt, w1t, b1, o, c1, S, L, n0, n1):
             for n in range(n0, n1):
                 i = base + n
                 x0, x1, x2 = xt[i], xt[i + uint64(1)], xt[i + uint64(2)]
-                u = da[n]
-                u += x0 * wa0
-                u += x1 * wa1
-                u += x2 * wa2
-                da[n] = u
-                u = db[n]
-                u += x0 * wb0
-                u += x1 * wb1
-                u += x2 * wb2
-                db[n] = u
-                u = dc[n]
-                u += x0 * wc0
-                u += x1 * wc1
-                u += x2 * wc2
-                dc[n] = u
-                u = dd[n]
-                u += x0 * wd0
-                u += x1 * wd1
-                u += x2 * wd2
-                dd[n] = u
+                da[n] = _add3(da[n], x0, x1, x2, wa0, wa1, wa2)
+                db[n] = _add3(db[n], x0, x1, x2, wb0, wb1, wb2)
+                dc[n] = _add3(dc[n], x0, x1, x2, wc0, wc1, wc2)
+                dd[n] = _add3(dd[n], x0, x1, x2, wd0, wd1, wd2)
 
 
 @njit(cache=True)
@@ -664,6 +657,13 @@ def _pool1(c1, base, S, p1, Q1, rowmax):
         for q in range(Q1 * Q1):
             m = max(rowmax[2 * q], rowmax[2 * q + 1])
             p1[o, q] = m if m > zero else zero
+
+
+@njit(cache=True)
+def _add_row4(s0, s1, s2, s3, x0, x1, x2, x3, w):
+    """One tap of conv2 for a row of 4 outputs: (s0 + x0 w, s1 + x1 w, s2 + x2 w, s3 + x3 w) (inlined by
+    LLVM; 4 independent sums)."""
+    return s0 + x0 * w, s1 + x1 * w, s2 + x2 * w, s3 + x3 * w
 
 
 @njit(cache=True)
@@ -702,51 +702,15 @@ def _conv2(p1, w2f, b2, c2, Q1, S2):
             w5, w6, w7, w8 = w0 + uint64(5 * C), w0 + uint64(6 * C), w0 + uint64(7 * C), w0 + uint64(8 * C)
             for o in range(uC):
                 s0, s1, s2, s3 = c2[ob0 + o], c2[ob1 + o], c2[ob2 + o], c2[ob3 + o]
-                w = w2f[w0 + o]
-                s0 += a0 * w
-                s1 += a1 * w
-                s2 += a2 * w
-                s3 += a3 * w
-                w = w2f[w1 + o]
-                s0 += a1 * w
-                s1 += a2 * w
-                s2 += a3 * w
-                s3 += a4 * w
-                w = w2f[w2 + o]
-                s0 += a2 * w
-                s1 += a3 * w
-                s2 += a4 * w
-                s3 += a5 * w
-                w = w2f[w3 + o]
-                s0 += b0 * w
-                s1 += b1 * w
-                s2 += b2_ * w
-                s3 += b3 * w
-                w = w2f[w4 + o]
-                s0 += b1 * w
-                s1 += b2_ * w
-                s2 += b3 * w
-                s3 += b4 * w
-                w = w2f[w5 + o]
-                s0 += b2_ * w
-                s1 += b3 * w
-                s2 += b4 * w
-                s3 += b5 * w
-                w = w2f[w6 + o]
-                s0 += d0 * w
-                s1 += d1 * w
-                s2 += d2 * w
-                s3 += d3 * w
-                w = w2f[w7 + o]
-                s0 += d1 * w
-                s1 += d2 * w
-                s2 += d3 * w
-                s3 += d4 * w
-                w = w2f[w8 + o]
-                s0 += d2 * w
-                s1 += d3 * w
-                s2 += d4 * w
-                s3 += d5 * w
+                s0, s1, s2, s3 = _add_row4(s0, s1, s2, s3, a0, a1, a2, a3, w2f[w0 + o])
+                s0, s1, s2, s3 = _add_row4(s0, s1, s2, s3, a1, a2, a3, a4, w2f[w1 + o])
+                s0, s1, s2, s3 = _add_row4(s0, s1, s2, s3, a2, a3, a4, a5, w2f[w2 + o])
+                s0, s1, s2, s3 = _add_row4(s0, s1, s2, s3, b0, b1, b2_, b3, w2f[w3 + o])
+                s0, s1, s2, s3 = _add_row4(s0, s1, s2, s3, b1, b2_, b3, b4, w2f[w4 + o])
+                s0, s1, s2, s3 = _add_row4(s0, s1, s2, s3, b2_, b3, b4, b5, w2f[w5 + o])
+                s0, s1, s2, s3 = _add_row4(s0, s1, s2, s3, d0, d1, d2, d3, w2f[w6 + o])
+                s0, s1, s2, s3 = _add_row4(s0, s1, s2, s3, d1, d2, d3, d4, w2f[w7 + o])
+                s0, s1, s2, s3 = _add_row4(s0, s1, s2, s3, d2, d3, d4, d5, w2f[w8 + o])
                 c2[ob0 + o], c2[ob1 + o], c2[ob2 + o], c2[ob3 + o] = s0, s1, s2, s3
     zero = np.float32(0.0)
     for q in range(S2 * S2 * C):

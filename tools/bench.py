@@ -97,8 +97,10 @@ def _timeit(fn, n):
 
 def peak_memory(weights, batch, recurrent="stored"):
     """A fresh process: resident memory (VmRSS) after `import musica_ref`, after loading the weights and after a
-    first one-face `predict`, then the peak (VmHWM) after a batch; bytes. VmHWM rather than ru_maxrss, which
-    keeps the RSS of the forked copy of this (large) benchmark process from before exec."""
+    first one-face `predict`, then the peak (VmHWM) after a batch, and the resident memory after the batch split
+    into anonymous (RssAnon: what the process allocated) and file-backed pages (RssFile: mostly the code of the
+    shared libraries, NumPy, LLVM, HDF5); bytes. VmHWM rather than ru_maxrss, which keeps the RSS of the
+    forked copy of this (large) benchmark process from before exec."""
     # the example face's box, shifted by a few pixels per face like the timed batches
     code = ("import sys, json\n"
             "def rss(key='VmRSS'):\n"
@@ -109,7 +111,7 @@ def peak_memory(weights, batch, recurrent="stored"):
             "im = m.load_image(sys.argv[2]); x0, y0, x1, y1 = map(float, sys.argv[4].split(','))\n"
             "mo.predict(im, (x0, y0, x1, y1)); r.append(rss())\n"
             "mo.predict_batch(im, [(x0 + i % 5, y0 + i % 3, x1 + i % 5, y1 + i % 3) for i in range(int(sys.argv[3]))])\n"
-            "r.append(rss('VmHWM')); print(json.dumps(r))\n")
+            "r += [rss('VmHWM'), rss('RssAnon'), rss('RssFile')]; print(json.dumps(r))\n")
     p = subprocess.run([sys.executable, "-c", code, str(weights), str(EXAMPLE), str(batch),
                         ",".join(map(str, BOX)), recurrent], capture_output=True, text=True, cwd=ROOT)
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -257,11 +259,11 @@ def main(argv=None):
           f"first predict {first:.2f} s")
     print(f"peak resident memory of a batch of {a.batch} in a fresh process (weights {params * 4 / 1e6:.0f} MB as "
           f"float32): resident after import / after loading the weights / after a first one-face predict, and the "
-          f"peak after the batch")
-    for r, (imp_b, load_b, first_b, peak_b) in mem.items():
+          f"peak after the batch (then anonymous + file-backed resident memory after it)")
+    for r, (imp_b, load_b, first_b, peak_b, anon_b, file_b) in mem.items():
         label = f"{r} ({model.recurrent})" if r == "stored" else r
         print(f"  recurrent layers {label}: {imp_b / 1e6:.0f} / {load_b / 1e6:.0f} / {first_b / 1e6:.0f} MB, "
-              f"peak {peak_b / 1e6:.0f} MB")
+              f"peak {peak_b / 1e6:.0f} MB ({anon_b / 1e6:.0f} + {file_b / 1e6:.0f} MB)")
     print(f"early exit threshold Ts = {ts:.4f}")
     zeros = [float((t["features"] == 0).mean()) for t in trace]
     print("inputs exactly 0 on the example face (their products are skipped): features "

@@ -528,8 +528,8 @@ def fully_connected(x, weight, bias):
     parallel, chunk-major, and the chunks' partial sums are added after; from two groups of FC_GROUP_BLOCKS
     blocks up, the groups run in parallel, each adding its chunks in order, one chunk at a time for all its
     blocks. Either way a chunk's weights come from memory once per thread or group and from the cache for
-    the other blocks. (Splitting the outputs into column blocks instead made the rows of a chunk 1-2 KB
-    apart in memory, which maps them onto few cache sets: 5-7x slower on the development machine.)
+    the other blocks. (Splitting the outputs into column blocks instead was about 7x slower at 16-32 inputs on the
+    development machine, probably because a block's short row pieces, 1-2 KB apart, fall into few cache sets.)
     """
     return _fully_connected(x, weight, bias, bias, False)
 

@@ -24,10 +24,10 @@ import dataclasses
 import numpy as np
 
 from .errors import InputError
+from .weights import FLOAT16_MAX
 
 PRECISIONS = ("stored", "float32", "float16", "int8")
 QUANTIZED = ("recurrent/weight",)        # the tensors whose storage `precision` chooses
-FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def quantize_int8(weight) -> tuple[np.ndarray, np.ndarray]:
@@ -55,8 +55,8 @@ def float16_bits(weight) -> np.ndarray:
 def stored_precision(weights) -> str:
     """"float16" if every recurrent weight of `weights` is float16 (a float16 array from
     load_weights(keep_float16=...), or the uint16 bits of a MuSiCa's weights), else "float32"."""
-    return "float16" if all(it[n].dtype in (np.float16, np.uint16) for it in weights.iterations for n in QUANTIZED) \
-        else "float32"
+    half = all(it[n].dtype in (np.float16, np.uint16) for it in weights.iterations for n in QUANTIZED)
+    return "float16" if half else "float32"
 
 
 def with_precision(weights, precision: str = "stored"):

@@ -23,6 +23,7 @@ from .variants import Variant, custom_variant
 
 FORMAT_NAME = "musica-ref-weights"
 FORMAT_VERSION = 1
+FLOAT16_MAX = float(np.finfo(np.float16).max)   # 65504: larger values do not fit float16 storage
 N_ITERATIONS = len(geometry.ITERATION_LEVELS)
 
 
@@ -117,7 +118,7 @@ def save_weights(path, w: Weights, dtype=np.float32) -> None:
     if dtype == np.float16:
         for i, it in enumerate(w.iterations):
             for name, a in it.items():
-                if np.any(np.abs(a) > np.finfo(np.float16).max):
+                if np.any(np.abs(a) > FLOAT16_MAX):
                     raise ValueError(f"iteration_{i}/{name} does not fit float16 (|value| > 65504)")
     with h5py.File(path, "w") as f:
         f.attrs["format"] = FORMAT_NAME

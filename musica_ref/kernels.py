@@ -190,7 +190,7 @@ def _resample_tile(rows, C, fx, wx, fy, wy, c_lo, n, flat, tile):
                 flat[r0 + r, c * C + ch] = acc[r]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def resample(image, origin_x, origin_y, step, out_h, out_w):
     """Axis-aligned affine resampling, bilinear, antialiased when it shrinks (kernels_ref.kernel_1d), zeros
     outside the image.
@@ -204,37 +204,57 @@ def resample(image, origin_x, origin_y, step, out_h, out_w):
     the same sum in the same order either way: vertical taps in order, then horizontal taps in order, taps
     of weight 0 skipped. Accumulator: float64.
     """
-    H, W, C = image.shape
-    fx, wx, fy, wy, c_lo, n = _resample_setup(image, origin_x, origin_y, step, out_h, out_w)
-    out = np.zeros((out_h, out_w, C), np.float32)
-    if n == 0:
-        return out
-    rows = np.ascontiguousarray(image).reshape(H, W * C)
-    flat = out.reshape(out_h, out_w * C)
-    for tile in prange((out_h + RESAMPLE_ROWS - 1) // RESAMPLE_ROWS):
-        _resample_tile(rows, C, fx, wx, fy, wy, c_lo, n, flat, tile)
+    if out_h < 1 or out_w < 1:
+        raise ValueError("resample: step must be > 0 and the output at least 1x1")
+    out = np.zeros((out_h, out_w, image.shape[2]), np.float32)
+    resample_into(image, origin_x, origin_y, step, out)
     return out
 
 
 @njit(parallel=True, cache=True)
-def resample_many(image, origins_x, origins_y, steps, outs):
-    """Many resamplings of one image at once, one per thread at a time: outs[i] (a numba.typed.List of
-    (H_i, W_i, C) float32 arrays, filled with zeros by the caller) = resample(image, origins_x[i],
-    origins_y[i], steps[i], H_i, W_i), bit for bit (the same tiles in the same order)."""
+def resample_into(image, origin_x, origin_y, step, out):
+    """resample(image, origin_x, origin_y, step, H, W) written into out (H, W, C) float32, which the caller
+    has filled with zeros (outputs that see no source pixel are not written)."""
+    H, W, C = image.shape
+    out_h, out_w = out.shape[0], out.shape[1]
+    if out.shape[2] != C:
+        raise ValueError("resample: the output needs the image's channels")
+    fx, wx, fy, wy, c_lo, n = _resample_setup(image, origin_x, origin_y, step, out_h, out_w)
+    if n == 0:
+        return
+    rows = np.ascontiguousarray(image).reshape(H, W * C)
+    flat = out.reshape(out_h, out_w * C)
+    for tile in prange((out_h + RESAMPLE_ROWS - 1) // RESAMPLE_ROWS):
+        _resample_tile(rows, C, fx, wx, fy, wy, c_lo, n, flat, tile)
+
+
+@njit(cache=True)
+def _slot(data, offset, h, w, c):
+    """The (h, w, c) array at data[offset:] (a view); ValueError if it does not fit in data."""
+    if offset < 0 or h < 0 or w < 0 or c < 0 or offset + h * w * c > data.shape[0]:
+        raise ValueError("an image slot (offset, shape) lies outside its buffer")
+    return data[offset:offset + h * w * c].reshape((h, w, c))
+
+
+@njit(parallel=True, cache=True)
+def resample_many(image, origins_x, origins_y, steps, data, offsets, shapes):
+    """Many resamplings of one image at once, one per thread at a time, into slots of one flat float32 buffer
+    data that the caller has filled with zeros: data[offsets[i]:] holds output i as (shapes[i, 0],
+    shapes[i, 1], C) = resample(image, origins_x[i], origins_y[i], steps[i], shapes[i, 0], shapes[i, 1]),
+    bit for bit (the same tiles in the same order). offsets (J,) and shapes (J, 2) int64."""
     H, W, C = image.shape
     rows = np.ascontiguousarray(image).reshape(H, W * C)
-    J = len(outs)
-    if origins_x.shape[0] != J or origins_y.shape[0] != J or steps.shape[0] != J:
-        raise ValueError("resample_many: one origin and step per output")
+    J = offsets.shape[0]
+    if origins_x.shape[0] != J or origins_y.shape[0] != J or steps.shape[0] != J or shapes.shape[0] != J \
+            or shapes.shape[1] != 2:
+        raise ValueError("resample_many: one origin, step, offset and (h, w) per output")
     for i in range(J):
-        if outs[i].shape[2] != C:
-            raise ValueError("resample_many: every output needs the image's channels")
+        _slot(data, offsets[i], shapes[i, 0], shapes[i, 1], C)          # raises if it does not fit
     for i in prange(J):
-        out = outs[np.int64(i)]                    # (a prange index may be unsigned; the list wants int64)
-        out_h, out_w = out.shape[0], out.shape[1]
+        out_h, out_w = shapes[i, 0], shapes[i, 1]
         fx, wx, fy, wy, c_lo, n = _resample_setup(image, origins_x[i], origins_y[i], steps[i], out_h, out_w)
         if n > 0:
-            flat = out.reshape(out_h, out_w * C)
+            flat = data[offsets[i]:offsets[i] + out_h * out_w * C].reshape((out_h, out_w * C))
             for tile in range((out_h + RESAMPLE_ROWS - 1) // RESAMPLE_ROWS):
                 _resample_tile(rows, C, fx, wx, fy, wy, c_lo, n, flat, tile)
 
@@ -301,17 +321,22 @@ def normalise_pyramid(level0, level1, level2):
 
 
 @njit(parallel=True, cache=True)
-def normalise_pyramids(levels, n_levels):
-    """normalise_pyramid for many faces in place, one face per thread at a time: levels (numba.typed.List)
-    holds n_levels flat float32 levels per face, face after face, level 0 first."""
-    F = len(levels) // n_levels
-    if F * n_levels != len(levels):
-        raise ValueError("normalise_pyramids: n_levels levels per face")
-    for f in prange(F):
-        f0 = np.int64(f) * n_levels
-        mean, std = _level0_stats(levels[f0])
+def normalise_pyramids(data, offsets, sizes):
+    """normalise_pyramid for many faces in place, one face per thread at a time: face f's level L is the
+    sizes[f, L] values at data[offsets[f, L]:], level 0 first. offsets, sizes (F, n_levels) int64."""
+    F, n_levels = offsets.shape
+    if sizes.shape[0] != F or sizes.shape[1] != n_levels or n_levels < 1:
+        raise ValueError("normalise_pyramids: one offset and size per face and level")
+    for f in range(F):
         for L in range(n_levels):
-            _normalise(levels[f0 + L], mean, std)
+            if offsets[f, L] < 0 or sizes[f, L] < 1 or offsets[f, L] + sizes[f, L] > data.shape[0]:
+                raise ValueError("normalise_pyramids: a level lies outside the buffer")
+    for f in prange(F):
+        o0 = offsets[f, 0]
+        mean, std = _level0_stats(data[o0:o0 + sizes[f, 0]])
+        for L in range(n_levels):
+            o = offsets[f, L]
+            _normalise(data[o:o + sizes[f, L]], mean, std)
 
 
 # --- patches --------------------------------------------------------------------------------------------------
@@ -1011,24 +1036,28 @@ def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out):
 
 
 @njit(parallel=True, cache=True)
-def levels_patch_features(levels, corners, w1, b1, w2, b2, wa, ba, out):
+def levels_patch_features(data, offsets, shapes, corners, w1, b1, w2, b2, wa, ba, out):
     """level_patch_features for many faces at once, the faces split between threads (each face on one):
-    levels a numba.typed.List of B levels (H_b, W_b, 3) float32, corners (B, P, 2) int64, out (B*P, 8C)
+    face b's level is the (shapes[b, 0], shapes[b, 1], shapes[b, 2]) float32 array at data[offsets[b]:]
+    (data flat float32, offsets (B,), shapes (B, 3) int64), corners (B, P, 2) int64, out (B*P, 8C)
     float32, written; face b's patches go to rows b * P .. (b + 1) * P - 1. Bit-identical to
     level_patch_features face by face. Returns how many faces shared conv1."""
     B, P = corners.shape[0], corners.shape[1]
     C = w1.shape[3]
-    if len(levels) != B or corners.shape[2] != 2 or P < 1 or out.shape[0] != B * P or out.shape[1] != 8 * C:
-        raise ValueError("levels_patch_features: one level per face, corners (B, P, 2) with P >= 1, out "
-                         "(B * P, 8C)")
+    if offsets.shape[0] != B or shapes.shape[0] != B or shapes.shape[1] != 3 or corners.shape[2] != 2 or P < 1 \
+            or out.shape[0] != B * P or out.shape[1] != 8 * C:
+        raise ValueError("levels_patch_features: one offset and (H, W, 3) shape per face, corners (B, P, 2) "
+                         "with P >= 1, out (B * P, 8C)")
     for b in range(B):
-        if not _feature_shapes_ok(levels[b].shape[2], 14, w1, b1, w2, b2, wa, ba):
+        _slot(data, offsets[b], shapes[b, 0], shapes[b, 1], shapes[b, 2])      # raises if it does not fit
+        if not _feature_shapes_ok(shapes[b, 2], 14, w1, b1, w2, b2, wa, ba):
             raise ValueError("levels_patch_features: levels must be (H, W, 3) and the weights as for "
                              "patch_features")
     w1t, b1p, w2f = _conv_layouts(w1, b1, w2)
     shared = np.zeros(B, np.int64)
     for b in prange(B):
-        level = levels[np.int64(b)]            # (a prange index may be unsigned; the list wants int64)
+        level = data[offsets[b]:offsets[b] + shapes[b, 0] * shapes[b, 1] * shapes[b, 2]].reshape(
+            (shapes[b, 0], shapes[b, 1], shapes[b, 2]))
         ylo, xlo, Hm, Wm, run0, run1 = _conv1_map_plan(corners[b])
         if run0.shape[0] == 0:                           # one by one, FEATURE_ITEM at a time
             scratch = _group_scratch(C)

@@ -3,6 +3,7 @@ patches -> network -> update, with early exit -> landmarks in image coordinates.
 
     frame   = geometry.face_frame(box)                     level-0 frame: margin 0.3, longer box side 142
     levels  = pyramid.build_pyramid(image, frame)          3 resamplings, exact powers of two apart
+                                                           (a batch's pyramids: one buffer, pyramid.Pyramids)
     S       = mean shape placed in the box (level 0)
     for i, L in enumerate([2, 1, 0]):
         patches = 14x14 around S[patch_indices] / 2**L on level L
@@ -27,7 +28,7 @@ from . import geometry, kernels
 from .errors import InputError
 from .io import as_rgb
 from .network import HIDDEN, iteration_forward, iteration_forward_levels
-from .pyramid import build_pyramid, build_pyramids
+from .pyramid import Pyramids
 from .quantize import QUANTIZED, with_precision
 from .weights import Weights, load_weights
 
@@ -112,26 +113,26 @@ class MuSiCa:
             raise InputError(f"got {len(images)} images for {len(boxes)} boxes; give one image, or one per box")
         results = []
         for k in range(0, len(boxes), BATCH_CHUNK):          # bounded memory: pyramids of one chunk at a time
-            prepared = {}                                   # id(image) -> (rgb, [(face index, frame)])
+            prepared = {}                                   # id(image) -> (rgb, [face index in the chunk])
+            frames = []
             for i, (img, box) in enumerate(zip(images[k:k + BATCH_CHUNK], boxes[k:k + BATCH_CHUNK])):
                 if id(img) not in prepared:                  # one conversion per distinct image
                     prepared[id(img)] = (as_rgb(img), [])
                 rgb, members = prepared[id(img)]
-                members.append((i, geometry.face_frame(geometry.check_box(box, rgb.shape))))
-            faces = [None] * min(BATCH_CHUNK, len(boxes) - k)
-            for rgb, members in prepared.values():  # one image's faces together; one face splits its rows
-                levels = build_pyramids(rgb, [fr for _, fr in members]) if len(members) > 1 else \
-                    [build_pyramid(rgb, members[0][1])]
-                for (i, fr), lv in zip(members, levels):
-                    faces[i] = (fr, lv)
-            results += self._cascade(faces, ts, tf)
+                members.append(i)
+                frames.append(geometry.face_frame(geometry.check_box(box, rgb.shape)))
+            pyramids = Pyramids(frames)                     # all faces of the chunk in one buffer
+            for rgb, members in prepared.values():          # one image's faces together
+                pyramids.fill(rgb, members)
+            results += self._cascade(pyramids, ts, tf)
         return results
 
-    def _cascade(self, faces, ts, tf, keep: bool = False):
-        """Run the cascade on prepared faces [(frame, levels)]. With keep=True also return, per iteration,
+    def _cascade(self, pyramids: Pyramids, ts, tf, keep: bool = False):
+        """Run the cascade on the faces of filled pyramids. With keep=True also return, per iteration,
         the patch centres, the patches and the named intermediates of the faces still running."""
-        F, N, idx = len(faces), self.n_landmarks, self.patch_indices
-        init0 = np.stack([geometry.initial_shape(self.mean_shape, fr) for fr, _ in faces])   # (F, N, 2)
+        F, N, idx = len(pyramids), self.n_landmarks, self.patch_indices
+        frames = pyramids.frames
+        init0 = np.stack([geometry.initial_shape(self.mean_shape, fr) for fr in frames])      # (F, N, 2)
         d = np.zeros((F, N, 2))                  # displacement, in the current level's pixels
         h = np.zeros((F, HIDDEN), np.float32)    # recurrent state
         active = np.arange(F)                    # faces still running
@@ -145,13 +146,14 @@ class MuSiCa:
             step = Counter()
             if keep:        # extract the patches and keep every intermediate
                 patches = np.concatenate([
-                    kernels.extract_patches(faces[f][1][L], c, geometry.PATCH_SIZE)
+                    kernels.extract_patches(pyramids.level(f, L), c, geometry.PATCH_SIZE)
                     for f, c in zip(active, corners)])                                      # (Fa*P, 14, 14, 3)
                 out, h_new, inter = iteration_forward(patches, h[active], self.weights.iterations[i], step, True)
                 trace.append({"faces": active.copy(), "level": L, "centres": centres, "patches": patches,
                               **inter})
             else:           # the same result, the patches read from the levels in place
-                out, h_new = iteration_forward_levels([faces[f][1][L] for f in active], corners, h[active],
+                out, h_new = iteration_forward_levels(pyramids.data, pyramids.offsets[active, L],
+                                                      pyramids.shapes[active, L], corners, h[active],
                                                       self.weights.iterations[i], step)
             h[active] = h_new
             d[active] += out[:, :2 * N].reshape(-1, N, 2)
@@ -162,7 +164,7 @@ class MuSiCa:
                     counters[f][k] += v // len(active)
                 e = float(out[row, 2 * N])
                 errors[f].append(e)
-                frame = faces[f][0]
+                frame = frames[f]
                 history[f].append(geometry.level_to_image(init0[f] / 2 ** L + d[f], frame, L))
                 if not (ts > 0 and e < ts):
                     still.append(f)
@@ -185,8 +187,9 @@ class MuSiCa:
         plus the pyramid levels. For debugging, porting and test vectors."""
         rgb = as_rgb(image)
         frame = geometry.face_frame(geometry.check_box(box, rgb.shape))
-        levels = build_pyramid(rgb, frame)
-        results, trace = self._cascade([(frame, levels)], 0.0, math.inf, keep=True)
+        pyramids = Pyramids([frame])
+        pyramids.fill(rgb, [0])
+        results, trace = self._cascade(pyramids, 0.0, math.inf, keep=True)
         for rec in trace:
-            rec["level_image"] = levels[rec["level"]]
+            rec["level_image"] = pyramids.level(0, rec["level"])
         return results[0], trace

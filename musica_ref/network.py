@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from numba.typed import List
 
 from . import kernels
 from .geometry import PATCH_SIZE
@@ -90,18 +89,21 @@ def iteration_forward(patches, h_prev, w, counter: Counter | None = None, keep: 
     return out, hidden, inter
 
 
-def iteration_forward_levels(levels, corners, h_prev, w, counter: Counter | None = None):
-    """iteration_forward(patches, h_prev, w, counter) for the patches at `corners` of `levels`, without
-    extracting them, bit for bit: levels is a list of B pyramid levels (H_b, W_b, 3) float32 and corners
+def iteration_forward_levels(data, offsets, shapes, corners, h_prev, w, counter: Counter | None = None):
+    """iteration_forward(patches, h_prev, w, counter) for the patches at `corners` of B pyramid levels,
+    without extracting them, bit for bit: face b's level is the (H_b, W_b, 3) float32 array of shape
+    shapes[b] that starts at data[offsets[b]] (data a flat float32 buffer, pyramid.Pyramids), corners
     (B, P, 2) int64 (top-left (col, row) of each patch, geometry.patch_corners). The kernels compute conv1
     once per level position for the overlapping patches of a face; one face splits its work between the
     threads, several faces go one per thread. Returns (out (B, 2N+1), hidden (B, 512))."""
     B, P = corners.shape[:2]
     gated = np.empty((B * P, FEATURES), np.float32)
     if B == 1:
-        kernels.level_patch_features(levels[0], corners[0], *_feature_weights(w), gated)
+        (h, wd, c), o = shapes[0], offsets[0]
+        kernels.level_patch_features(data[o:o + h * wd * c].reshape(h, wd, c), corners[0], *_feature_weights(w),
+                                     gated)
     else:
-        kernels.levels_patch_features(List(levels), corners, *_feature_weights(w), gated)
+        kernels.levels_patch_features(data, offsets, shapes, corners, *_feature_weights(w), gated)
     return _recurrent_head(gated, h_prev, w, counter)
 
 

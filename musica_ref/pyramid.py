@@ -1,37 +1,77 @@
 """The image pyramid of one face (spec 4): 3 levels, each ONE antialiased resampling of the source image,
-normalised by the mean and standard deviation of level 0."""
+normalised by the mean and standard deviation of level 0.
+
+The pyramids of a batch of faces live in one flat float32 buffer (Pyramids): the batch kernels take the
+buffer with each level's offset and shape, which is what a port in C would pass too."""
 from __future__ import annotations
 
 import numpy as np
-from numba.typed import List
 
 from . import kernels
 from .geometry import N_LEVELS, FaceFrame, sampling_grid
 
 
+class Pyramids:
+    """The pyramids of F faces in one buffer. Face f's level L is the float32 array of shape shapes[f, L]
+    (H, W, 3) that starts at data[offsets[f, L]]; level(f, L) is a view of it. The levels are zeros until
+    fill() computes them from their image."""
+
+    def __init__(self, frames, channels: int = 3):
+        self.frames = list(frames)
+        self.grids = [[sampling_grid(fr, L) for L in range(N_LEVELS)] for fr in self.frames]
+        F = len(self.frames)
+        self.shapes = np.array([[(h, w, channels) for _, _, (h, w) in g] for g in self.grids],
+                               np.int64).reshape(F, N_LEVELS, 3)
+        sizes = self.shapes.prod(axis=2)
+        self.sizes = sizes                                                     # (F, N_LEVELS) values per level
+        self.offsets = (np.cumsum(sizes.reshape(-1)) - sizes.reshape(-1)).reshape(F, N_LEVELS)
+        self.data = np.zeros(int(sizes.sum()), np.float32)
+
+    def __len__(self):
+        return len(self.frames)
+
+    def level(self, f: int, L: int) -> np.ndarray:
+        o, (h, w, c) = self.offsets[f, L], self.shapes[f, L]
+        return self.data[o:o + h * w * c].reshape(h, w, c)
+
+    def levels(self, f: int) -> list[np.ndarray]:
+        return [self.level(f, L) for L in range(N_LEVELS)]
+
+    def fill(self, image, faces) -> None:
+        """Compute the pyramids of `faces` (indices, all in `image` (H, W, 3) uint8 or float32), bit for bit
+        the same however they are grouped: one face splits each resampling's rows between the threads; more
+        faces go one resampling (then one face's normalisation) per thread at a time."""
+        faces = np.asarray(list(faces), np.int64)
+        if len(faces) == 1:
+            f = int(faces[0])
+            for L in range(N_LEVELS):
+                (ox, oy), step, _ = self.grids[f][L]
+                kernels.resample_into(image, ox, oy, step, self.level(f, L))
+            kernels.normalise_pyramid(*(self.data[self.offsets[f, L]:self.offsets[f, L] + self.sizes[f, L]]
+                                        for L in range(N_LEVELS)))                 # in place
+        elif len(faces) > 1:
+            grids = [self.grids[f][L] for f in faces for L in range(N_LEVELS)]
+            kernels.resample_many(image, np.array([o[0] for o, _, _ in grids], np.float64),
+                                  np.array([o[1] for o, _, _ in grids], np.float64),
+                                  np.array([step for _, step, _ in grids], np.float64),
+                                  self.data, self.offsets[faces].reshape(-1), self.shapes[faces, :, :2].reshape(-1, 2))
+            kernels.normalise_pyramids(self.data, self.offsets[faces], self.sizes[faces])    # in place
+
+
 def build_pyramid(image, frame: FaceFrame) -> list[np.ndarray]:
     """image (H, W, 3) uint8 or float32 -> [level 0, 1, 2], each (H_L, W_L, 3) float32, normalised by the
     global mean and population standard deviation of level 0 (float64; a constant level 0 has deviation 0
-    and gets 1, so it normalises to zeros instead of NaN: kernels.normalise_pyramid). One face: each
-    resampling splits its rows between the threads."""
-    levels = []
-    for L in range(N_LEVELS):
-        (ox, oy), step, (h, w) = sampling_grid(frame, L)
-        levels.append(kernels.resample(image, ox, oy, step, h, w))
-    kernels.normalise_pyramid(*(lv.reshape(-1) for lv in levels))                    # in place
-    return levels
+    and gets 1, so it normalises to zeros instead of NaN: kernels.normalise_pyramid). Each resampling splits
+    its rows between the threads. The levels are views of one buffer."""
+    p = Pyramids([frame], image.shape[2])
+    p.fill(image, [0])
+    return p.levels(0)
 
 
 def build_pyramids(image, frames) -> list[list[np.ndarray]]:
     """build_pyramid(image, frame) for every frame, bit for bit, the faces' resamplings and normalisations
     shared out between the threads (one face's level per thread at a time). image (H, W, 3) uint8 or
     float32 -> one [level 0, 1, 2] list per frame."""
-    grids = [sampling_grid(fr, L) for fr in frames for L in range(N_LEVELS)]    # ((ox, oy), step, (h, w))
-    if not grids:
-        return []
-    outs = [np.zeros((h, w, image.shape[2]), np.float32) for _, _, (h, w) in grids]
-    kernels.resample_many(image, np.array([o[0] for o, _, _ in grids], np.float64),
-                          np.array([o[1] for o, _, _ in grids], np.float64),
-                          np.array([step for _, step, _ in grids], np.float64), List(outs))
-    kernels.normalise_pyramids(List([o.reshape(-1) for o in outs]), N_LEVELS)      # in place
-    return [outs[k:k + N_LEVELS] for k in range(0, len(outs), N_LEVELS)]
+    p = Pyramids(frames, image.shape[2])
+    p.fill(image, range(len(p)))
+    return [p.levels(f) for f in range(len(p))]

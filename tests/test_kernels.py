@@ -12,7 +12,6 @@ Tolerances, per operation (eps = float32 machine epsilon, 1.19e-7):
 The bounds were set from the arithmetic, not from observed differences.
 """
 import numpy as np
-from numba.typed import List
 import pytest
 import scipy.ndimage as ndi
 import scipy.special
@@ -268,10 +267,31 @@ def test_resample_many_equals_resample(seed, n, dtype):
     ox, oy = rng.uniform(-40, 50, n), rng.uniform(-40, 40, n)
     step = rng.uniform(0.3, 6.0, n)
     shapes = [(int(rng.integers(1, 40)), int(rng.integers(1, 40))) for _ in range(n)]
-    outs = [np.zeros((h, w, 3), np.float32) for h, w in shapes]
-    K.resample_many(img, ox, oy, step, List(outs))
+    sizes = [h * w * 3 for h, w in shapes]
+    offsets = np.cumsum([5] + sizes[:-1]).astype(np.int64)          # slots after a gap of 5 values
+    data = np.zeros(5 + sum(sizes) + 7, np.float32)
+    K.resample_many(img, ox, oy, step, data, offsets, np.array(shapes, np.int64))
     for i, (h, w) in enumerate(shapes):
-        np.testing.assert_array_equal(outs[i], K.resample(img, ox[i], oy[i], step[i], h, w))
+        got = data[offsets[i]:offsets[i] + sizes[i]].reshape(h, w, 3)
+        np.testing.assert_array_equal(got, K.resample(img, ox[i], oy[i], step[i], h, w))
+        into = np.zeros((h, w, 3), np.float32)
+        K.resample_into(img, ox[i], oy[i], step[i], into)
+        np.testing.assert_array_equal(into, got)
+    assert not data[:5].any() and not data[-7:].any()                # nothing written outside the slots
+
+
+def test_resample_many_rejects_slots_outside_the_buffer():
+    img = np.zeros((8, 8, 3), np.uint8)
+    one = np.zeros(1)
+    with pytest.raises(ValueError, match="outside its buffer"):      # 4x4x3 = 48 values from 10 in 50
+        K.resample_many(img, one, one, one + 1, np.zeros(50, np.float32), np.array([10]), np.array([[4, 4]]))
+    with pytest.raises(ValueError, match="outside its buffer"):      # a negative offset
+        K.resample_many(img, one, one, one + 1, np.zeros(50, np.float32), np.array([-1]), np.array([[2, 2]]))
+    with pytest.raises(ValueError, match="resample_many"):           # two offsets, one origin
+        K.resample_many(img, one, one, one + 1, np.zeros(50, np.float32), np.array([0, 12]),
+                        np.array([[2, 2], [2, 2]]))
+    with pytest.raises(ValueError, match="channels"):
+        K.resample_into(img, 0.0, 0.0, 1.0, np.zeros((2, 2, 1), np.float32))
 
 
 # --- the fused feature extractor ------------------------------------------------------------------------------
@@ -327,8 +347,20 @@ def test_level_patch_features_is_bit_identical_to_the_layers(seed, B, H, W, P, s
         K.level_patch_features(levels[b], corners[b], w1, b1, w2, b2, wa, ba, one[b * P:(b + 1) * P])
     np.testing.assert_array_equal(one, want)
     many = np.full((B * P, 8 * C), np.nan, np.float32)
-    K.levels_patch_features(List(levels), corners, w1, b1, w2, b2, wa, ba, many)
+    K.levels_patch_features(*_one_buffer(levels), corners, w1, b1, w2, b2, wa, ba, many)
     np.testing.assert_array_equal(many, want)
+
+
+def _one_buffer(levels):
+    """levels in one flat buffer, in reverse order with gaps between them: (data, offsets, shapes)."""
+    sizes = [lv.size for lv in levels]
+    data = np.full(sum(sizes) + 3 * len(levels) + 3, np.nan, np.float32)
+    offsets, o = [0] * len(levels), 3
+    for b in reversed(range(len(levels))):
+        offsets[b] = o
+        data[o:o + sizes[b]] = levels[b].reshape(-1)
+        o += sizes[b] + 3
+    return data, np.array(offsets, np.int64), np.array([lv.shape for lv in levels], np.int64)
 
 
 @pytest.mark.parametrize("spread, shared", [(3, True), (60, False)])
@@ -344,8 +376,8 @@ def test_level_patch_features_takes_both_paths(spread, shared):
     assert K.level_patch_features(level, corners, w1, b, w2, b, wa, ba, out) == shared
     np.testing.assert_array_equal(out, want)
     out2 = np.empty((48, 256), np.float32)
-    assert K.levels_patch_features(List([level, level]), np.stack([corners, corners]), w1, b, w2, b, wa, ba,
-                                   out2) == 2 * shared
+    assert K.levels_patch_features(*_one_buffer([level, level]), np.stack([corners, corners]), w1, b, w2, b,
+                                   wa, ba, out2) == 2 * shared
     np.testing.assert_array_equal(out2, np.concatenate([want, want]))
 
 
@@ -361,12 +393,24 @@ def test_level_patch_features_rejects_wrong_shapes():
     with pytest.raises(ValueError, match="level_patch_features"):
         K.level_patch_features(rnd(rng, (20, 20, 1)), corners, w1, b, w2, b, wa, ba, np.empty((3, 32), np.float32))
     with pytest.raises(ValueError, match="levels_patch_features"):      # one level for two faces
-        K.levels_patch_features(List([level]), np.stack([corners, corners]), w1, b, w2, b, wa, ba,
+        K.levels_patch_features(*_one_buffer([level]), np.stack([corners, corners]), w1, b, w2, b, wa, ba,
                                 np.empty((6, 32), np.float32))
     with pytest.raises(ValueError, match="levels_patch_features"):      # a level with one channel
-        K.levels_patch_features(List([level, rnd(rng, (20, 20, 1))]), np.stack([corners, corners]), w1, b, w2, b,
-                                wa, ba, np.empty((6, 32), np.float32))
+        K.levels_patch_features(*_one_buffer([level, rnd(rng, (20, 20, 1))]), np.stack([corners, corners]),
+                                w1, b, w2, b, wa, ba, np.empty((6, 32), np.float32))
+    data, offsets, shapes = _one_buffer([level, level])
+    with pytest.raises(ValueError, match="outside its buffer"):          # the first level now overruns the buffer
+        K.levels_patch_features(data, offsets + np.array([10, 0]), shapes, np.stack([corners, corners]),
+                                w1, b, w2, b, wa, ba, np.empty((6, 32), np.float32))
 
+
+def test_normalise_pyramids_rejects_levels_outside_the_buffer():
+    data = np.ones(30, np.float32)
+    with pytest.raises(ValueError, match="outside the buffer"):
+        K.normalise_pyramids(data, np.array([[0, 20]]), np.array([[20, 12]]))
+    with pytest.raises(ValueError, match="normalise_pyramids"):
+        K.normalise_pyramids(data, np.array([[0, 20]]), np.array([[20]]))
+    assert (data == 1).all()                                              # nothing touched
 
 
 # --- float16 storage ---------------------------------------------------------------------------------------

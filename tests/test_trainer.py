@@ -132,3 +132,75 @@ def test_a_budget_cut_inside_an_epoch_changes_nothing(tmp_path, capsys):
             "--resume", "--minutes", "0.0001", "--no-gdb", "--threads", "1"])
     assert "partial epoch is dropped" in capsys.readouterr().out
     assert (out.read_bytes(), (tmp_path / "w.h5.ckpt").read_bytes()) == before
+
+
+def _rotation(yaw, pitch, roll):
+    cy, sy, cp, sp, cr, sr = (f(math.radians(a)) for a in (yaw, pitch, roll) for f in (math.cos, math.sin))
+    Ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    Rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    Rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+    return Rz @ Rx @ Ry
+
+
+def test_hidden_points_are_filled_where_the_3d_shape_projects_them():
+    rng = np.random.default_rng(5)
+    S = rng.normal(0, 1, (68, 3)) * [1.0, 1.2, 0.5]                     # one rigid 3-D "face"
+
+    def project(yaw, pitch, roll, scale, shift):
+        return scale * (S @ _rotation(yaw, pitch, roll).T)[:, :2] + shift
+
+    # fully located faces at moderate poses give the basis, as frontal-ish training faces do
+    full = np.stack([project(*rng.uniform([-35, -15, -20], [35, 15, 20]), rng.uniform(20, 60),
+                             rng.uniform(0, 100, 2)) for _ in range(60)])
+    basis = D.shape_basis_3d(full, np.ones(full.shape[:2], bool))
+    assert basis.shape == (3, 68)
+    # near-profile faces, far beyond those poses, with the far third of the points hidden
+    for yaw in (-80, 65, 85):
+        truth = project(yaw, 5, -10, 40, np.array([50.0, 60.0]))
+        depth = (S @ _rotation(yaw, 5, -10).T)[:, 2]
+        vis = depth > np.quantile(depth, 0.33)
+        given = truth.copy()
+        given[~vis] = -97.0                                             # what a set stores: meaningless
+        before = given.copy()
+        out = D.fill_hidden(given[None], vis[None], basis)[0]
+        np.testing.assert_array_equal(given, before)                    # the input is not modified
+        np.testing.assert_array_equal(out[vis], truth[vis])             # located points unchanged
+        np.testing.assert_allclose(out[~vis], truth[~vis], rtol=0, atol=1e-6)
+    # a face with too few located points keeps its rows; too few full faces is refused with a reason
+    few = np.zeros(68, bool)
+    few[:4] = True
+    np.testing.assert_array_equal(D.fill_hidden(truth[None], few[None], basis)[0], truth)
+    with pytest.raises(ValueError, match="every point located"):
+        D.shape_basis_3d(full[:20], np.ones((20, 68), bool))
+
+
+def test_hidden_weight_counts_the_hidden_points_in_the_point_loss_only():
+    g = torch.Generator().manual_seed(0)
+    B, N = 3, 68
+    gt0 = torch.rand(B, N, 2, generator=g, dtype=torch.float64) * 100
+    out = {"shapes": gt0 + torch.randn(3, B, N, 2, generator=g, dtype=torch.float64),
+           "errors": torch.rand(3, B, generator=g, dtype=torch.float64) * 0.05}
+    vis = torch.rand(B, N, generator=g) > 0.2
+    norm = torch.full((B,), 40.0, dtype=torch.float64)
+    moved = gt0.clone()
+    moved[~vis] += 30.0                                                 # other targets for the hidden points
+    base, eps = T.loss_terms(out, gt0, vis, norm, 0.0)
+    same, eps2 = T.loss_terms(out, moved, vis, norm, 0.0)
+    assert float(base) == float(same) and torch.equal(eps, eps2)        # weight 0: hidden targets ignored
+    w_a, eps_a = T.loss_terms(out, gt0, vis, norm, 0.0, hidden_weight=0.5)
+    w_b, eps_b = T.loss_terms(out, moved, vis, norm, 0.0, hidden_weight=0.5)
+    assert float(w_b) > float(w_a) + 0.1 and torch.equal(eps_a, eps) and torch.equal(eps_b, eps)
+    # weight 1 with every point visible is the plain loss
+    allv = torch.ones(B, N, dtype=torch.bool)
+    assert math.isclose(float(T.loss_terms(out, gt0, allv, norm, 0.0, hidden_weight=1.0)[0]),
+                        float(T.loss_terms(out, gt0, allv, norm, 0.0)[0]), rel_tol=1e-12)
+
+
+def test_training_with_hidden_weight_records_it(tmp_path):
+    folder = synthetic_folder(tmp_path, n=32)
+    out = tmp_path / "w.h5"
+    run_train(folder, out, "--epochs", "1", "--hidden-weight", "0.5")
+    p = m.load_weights(out).provenance
+    assert p["hidden_weight"] == 0.5 and "fill_hidden" in p["hidden_points"]
+    run_train(folder, tmp_path / "v.h5", "--epochs", "1")
+    assert m.load_weights(tmp_path / "v.h5").provenance["hidden_points"] == "left out of the loss"

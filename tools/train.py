@@ -32,16 +32,20 @@ from tools.trainer.model import MuSiCaTorch, load_into, to_weights   # noqa: E40
 
 # --- loss (spec 8) ---------------------------------------------------------------------------------------
 
-def loss_terms(out, gt0, visible, norm, dead_zone: float):
+def loss_terms(out, gt0, visible, norm, dead_zone: float, hidden_weight: float = 0.0):
     """Per iteration i: L_i = mean over visible points of the L1 point error / normaliser, errors under
     `dead_zone` counted as zero; eps_i = the true Euclidean NME (a constant for the error term);
-    loss = sum_i mean_batch(0.95 L_i + 0.05 |eps_i - E_i|). Returns (loss, eps (3, B))."""
+    loss = sum_i mean_batch(0.95 L_i + 0.05 |eps_i - E_i|). Returns (loss, eps (3, B)).
+
+    hidden_weight > 0: the points without a location count in L_i too, with that weight (a weighted mean);
+    their targets in gt0 must then be filled in (`data.fill_hidden`). eps_i stays over visible points."""
     vis = visible.to(out["shapes"].dtype)
     nvis = vis.sum(-1).clamp(min=1)
     diff = out["shapes"] - gt0                                   # (3, B, N, 2)
     l1 = diff.abs().sum(-1) / norm[:, None]                       # (3, B, N)
     l1 = l1 * (l1 >= dead_zone)
-    L = (l1 * vis).sum(-1) / nvis                                 # (3, B)
+    pw = vis + hidden_weight * (1 - vis) if hidden_weight > 0 else vis
+    L = (l1 * pw).sum(-1) / pw.sum(-1).clamp(min=1)                # (3, B)
     eps = ((diff.detach().norm(dim=-1) / norm[:, None]) * vis).sum(-1) / nvis   # (3, B)
     E = out["errors"].to(eps.dtype)
     loss = (0.95 * L + 0.05 * (eps - E).abs()).mean(1).sum()
@@ -53,10 +57,11 @@ def loss_terms(out, gt0, visible, norm, dead_zone: float):
 class EpochBatches(torch.utils.data.Dataset):
     """Batch k of an epoch: faces order[k*B:(k+1)*B], augmented (seeded by epoch and k) and prepared."""
 
-    def __init__(self, source, limit, mean, batch, aug: D.Augment, order, seed, faces=None):
+    def __init__(self, source, limit, mean, batch, aug: D.Augment, order, seed, faces=None, landmarks=None):
         self.source, self.limit, self.mean, self.batch, self.aug = source, limit, mean, batch, aug
         self.order, self.seed = order, seed
         self.faces = faces                         # None: opened in the worker process
+        self.landmarks = landmarks                 # the targets (hidden points filled in), or the set's own
 
     def __len__(self):
         return len(self.order) // self.batch
@@ -65,7 +70,8 @@ class EpochBatches(torch.utils.data.Dataset):
         if self.faces is None:                     # opened lazily: in the worker process
             self.faces = D.FaceSet(self.source, self.limit)
         rng = np.random.default_rng([self.seed, k])
-        items = [D.augment(self.faces.image(i), self.faces.landmarks[i], self.faces.visible[i],
+        lm = self.faces.landmarks if self.landmarks is None else self.landmarks
+        items = [D.augment(self.faces.image(i), lm[i], self.faces.visible[i],
                            self.faces.boxes[i], self.aug, rng)
                  for i in self.order[k * self.batch:(k + 1) * self.batch]]
         b = D.prepare([x[0] for x in items], [x[3] for x in items], [x[1] for x in items],
@@ -154,6 +160,9 @@ def parse_args(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lr-steps", default="", help="epochs at which the learning rate drops x0.1, e.g. 30,45")
     ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--hidden-weight", type=float, default=0.0,
+                    help="weight in the loss of the self-occluded points (no location in the set), filled in "
+                         "where the faces' 3-D shape projects them (data.fill_hidden); 0: left out")
     ap.add_argument("--dead-zone", type=float, default=0.002, help="per-point normalised L1 errors below it count as 0")
     ap.add_argument("--no-gdb", action="store_true", help="no Generalized Data Balancing (uniform sampling)")
     ap.add_argument("--gdb-variance", type=float, default=0.95, help="GDB keeps the PCA components up to this variance")
@@ -195,6 +204,12 @@ def main(argv=None):
     if train.n_landmarks != variant.n_landmarks:
         raise SystemExit(f"{a.train} has {train.n_landmarks} landmarks, the variant {variant.n_landmarks}")
     mean = D.mean_shape(train)
+    targets = None                                 # None: the set's own landmarks (hidden points left out)
+    if a.hidden_weight > 0:
+        targets = D.fill_hidden(train.landmarks, train.visible, D.shape_basis_3d(train.landmarks, train.visible))
+        print(f"hidden points: {int((~train.visible).sum())} filled in by the rank-3 shape of "
+              f"{int(train.visible.all(1).sum())} fully located faces, weight {a.hidden_weight} in the loss",
+              flush=True)
     if a.no_gdb:
         weights, K = np.ones(len(train)), None
     else:
@@ -248,7 +263,10 @@ def main(argv=None):
                 "validation_nme_io": float(val_nme) if val_nme is not None else float("nan"),
                 "validation_faces": min(a.val_faces, len(val_faces)) if val_faces else 0,
                 "gdb_components": -1 if K is None else K, "augmentation": json.dumps(vars(aug)),
-                "dead_zone": a.dead_zone, "ema_decay": a.ema, "git_commit": git_commit(),
+                "dead_zone": a.dead_zone, "hidden_weight": a.hidden_weight,
+                "hidden_points": ("filled in by the rank-3 3-D shape projection (tools/trainer/data.fill_hidden)"
+                                  if a.hidden_weight > 0 else "left out of the loss"),
+                "ema_decay": a.ema, "git_commit": git_commit(),
                 "trainer": "tools/train.py", "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "lr": a.lr, "lr_steps": a.lr_steps, "training_minutes": round(trained_s / 60, 1),
                 "warm_start": before["from"], "total_epochs": before["epochs"] + epoch,
@@ -268,7 +286,7 @@ def main(argv=None):
         rng = np.random.default_rng([a.seed, epoch])
         order = rng.choice(len(train), size=len(train), p=weights / weights.sum())
         ds = EpochBatches(a.train, a.limit, mean, a.batch, aug, order, [a.seed, epoch],
-                          faces=None if a.workers else train)
+                          faces=None if a.workers else train, landmarks=targets)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=a.workers,
                                              multiprocessing_context="spawn" if a.workers else None,
                                              prefetch_factor=4 if a.workers else None)
@@ -276,7 +294,7 @@ def main(argv=None):
         for k, b in enumerate(loader):
             lv, i0, g, v, nr = to_torch(b, device)
             out = model(lv, i0)
-            loss, eps = loss_terms(out, g, v, nr, a.dead_zone)
+            loss, eps = loss_terms(out, g, v, nr, a.dead_zone, a.hidden_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -232,6 +232,43 @@ def augment(image, points, visible, box, aug: Augment, rng):
     return img, pts, vis, np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
 
 
+# --- self-occluded points ----------------------------------------------------------------------------------
+
+def shape_basis_3d(landmarks, visible, rank: int = 3) -> np.ndarray:
+    """A rank-`rank` basis (rank, N) of the faces whose points all have a location: the right singular vectors
+    of their centred, scale-normalised coordinate rows. Under an affine camera the x and y rows of a rigid
+    3-D shape are combinations of 3 such vectors (Tomasi-Kanade factorisation), so rank 3 is a 3-D mean face
+    up to an affine map, recovered from the spread of poses among the fully visible faces."""
+    full = np.asarray(visible, bool).all(1)
+    if full.sum() < 10 * rank:
+        raise ValueError(f"only {int(full.sum())} faces have every point located; the 3-D shape basis needs "
+                         f"at least {10 * rank}")
+    P = np.asarray(landmarks, np.float64)[full]
+    P = P - P.mean(1, keepdims=True)
+    s = np.sqrt((P ** 2).sum((1, 2)))
+    W = np.concatenate([P[:, :, 0] / s[:, None], P[:, :, 1] / s[:, None]], 0)    # (2F, N)
+    return np.linalg.svd(W, full_matrices=False)[2][:rank]
+
+
+def fill_hidden(landmarks, visible, basis) -> np.ndarray:
+    """Landmarks with every point that has no location (self-occluded) replaced by where the face's 3-D
+    shape projects it: x and y are each fitted as a combination of the basis rows plus an offset on the
+    located points (least squares, an affine camera), then evaluated on the hidden ones. This is the
+    convention of 3-D-style ground truths such as AFLW2000-3D's ("placed where they project"). Located points
+    are returned unchanged; a face with fewer located points than rank + 2 keeps its rows as they were.
+    landmarks (n, N, 2), visible (n, N) -> (n, N, 2) float64, a new array."""
+    out = np.array(landmarks, np.float64)
+    vis = np.asarray(visible, bool)
+    G = np.vstack([basis, np.ones(basis.shape[1])]).T                 # (N, rank + 1)
+    for i in np.flatnonzero(~vis.all(1)):
+        v = vis[i]
+        if v.sum() < basis.shape[0] + 2:
+            continue
+        coef = np.linalg.lstsq(G[v], out[i, v], rcond=None)[0]         # (rank + 1, 2)
+        out[i, ~v] = G[~v] @ coef
+    return out
+
+
 # --- Generalized Data Balancing ----------------------------------------------------------------------------
 
 def _similarity_align(src, dst):

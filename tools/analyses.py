@@ -4,6 +4,8 @@
         --data ../shared/data/val_merl_aflw.h5 --out runs/analyses
     python tools/analyses.py attention --weights weights/musica68.h5 --data ... --out runs/analyses
     python tools/analyses.py estimate --weights weights/musica68.h5 --data ... --out runs/analyses
+    python tools/analyses.py regions --weights weights/musica68.h5 --data ../shared/data/test_aflw2000.h5
+    python tools/analyses.py hidden-fill --data ../shared/data/train_merl_aflw.h5
 
 early-exit (Figures 2 and 7): one run with every iteration gives each face's landmarks and error estimate
 after every iteration, from which any Ts is simulated exactly as the engine stops (first iteration with
@@ -15,6 +17,11 @@ attention (Figure 6): the average patch-attention weight of each patch, drawn at
 position, one panel per iteration.
 estimate: how well E(i) predicts the true error (Pearson and Spearman correlation per iteration), and how
 often failure (E > Tf) flags the faces that really fail (true NME_io > 10%) for a sweep of Tf.
+regions (sets with poses): NME_box per landmark group and |yaw| bin, each side's jaw, brow and eye apart
+(the far side is the one the face turns away from), so that the error of points hidden at large yaw shows.
+hidden-fill (no weights): how well tools/trainer/data.fill_hidden places points that have no location,
+checked on the fully located faces that are turned most, with their far-side jaw (0-7 or 9-16) taken away;
+against the mean shape fitted to the remaining points by a similarity transform.
 
 NME here is NME_box unless a flag says otherwise; the error estimate's own target is the eye-corner NME
 (with the trainer's fallback for faces without both corners, tools/trainer/data.normaliser).
@@ -190,18 +197,86 @@ def cmd_estimate(a, faces, out):
     print("\n".join(lines))
 
 
+# landmark groups of the 68-point scheme: (name, points on the image's left, points on its right or None)
+REGIONS = [("jaw", range(0, 8), range(9, 17)), ("brow", range(17, 22), range(22, 27)),
+           ("eye", range(36, 42), range(42, 48)), ("nose", range(27, 36), None), ("mouth", range(48, 68), None)]
+
+
+def cmd_regions(a, faces, out):
+    from tools.evaluate import predict_all
+    if faces.pose is None or faces.n_landmarks != 68:
+        raise SystemExit("regions needs a 68-point set with poses (pitch, yaw, roll), e.g. test_aflw2000.h5")
+    model = m.MuSiCa.load(a.weights[0])
+    preds = predict_all(model, faces, "musica", 0.0, float("inf"), 32)[0]
+    err = np.stack([metrics.point_errors(p, g, v) / metrics.normalisers(g, v)["box"]
+                    for p, g, v in zip(preds, faces.landmarks, faces.visible)]) * 100      # (n, 68), % of box
+    yaw = faces.pose[:, 1]
+    # the far side is the one the nose tip is nearer to in the image (points 0-7 are the image's left jaw)
+    nose_left = (faces.landmarks[:, 30, 0] - faces.landmarks[:, 0, 0]) < (faces.landmarks[:, 16, 0] - faces.landmarks[:, 30, 0])
+    lines = [f"NME_box (%) per landmark group of {model.weights.variant.name} on {len(faces)} faces of "
+             f"{Path(a.data).name}, by |yaw|; far = the side the face turns away from",
+             f"{'|yaw|':>8} {'faces':>5} {'all':>6} " + " ".join(
+                 f"{n + (' far' if r else ''):>9}" + (f" {n + ' near':>9}" if r else "") for n, _, r in REGIONS)]
+    for lo, hi in ((0, 30), (30, 60), (60, 90.01)):
+        sel = (np.abs(yaw) >= lo) & (np.abs(yaw) < hi)
+        row = f"{lo:>3}-{int(hi):<4} {int(sel.sum()):>5} {np.nanmean(err[sel]):>6.2f} "
+        for name, left, right in REGIONS:
+            if right is None:
+                row += f"{np.nanmean(err[sel][:, list(left)]):>9.2f} "
+                continue
+            far = np.concatenate([err[i, list(left if nose_left[i] else right)] for i in np.flatnonzero(sel)])
+            near = np.concatenate([err[i, list(right if nose_left[i] else left)] for i in np.flatnonzero(sel)])
+            row += f"{np.nanmean(far):>9.2f} {np.nanmean(near):>9.2f} "
+        lines.append(row.rstrip())
+    (out / f"regions-{model.weights.variant.name}.txt").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def cmd_hidden_fill(a, faces, out):
+    from tools.trainer.data import fill_hidden, shape_basis_3d, _similarity_align, mean_shape
+    L, V = faces.landmarks, faces.visible
+    full = np.flatnonzero(V.all(1))
+    nose = (L[:, 30, 0] - L[:, 0, 0]) / np.maximum(L[:, 16, 0] - L[:, 0, 0], 1e-6)    # 0.5: frontal
+    test = full[np.argsort(np.abs(nose[full] - 0.5))[-min(400, len(full) // 4):]]      # the most turned
+    basis = shape_basis_3d(L[np.setdiff1d(full, test)], V[np.setdiff1d(full, test)])
+    masked = V.copy()
+    for i in test:
+        masked[i, list(range(0, 8) if nose[i] < 0.5 else range(9, 17))] = False
+    filled = fill_hidden(L[test], masked[test], basis)
+    ref = mean_shape(faces)
+    e3d, emean = [], []
+    for k, i in enumerate(test):
+        h, v = ~masked[i], masked[i]
+        size = np.sqrt(np.ptp(L[i, :, 0]) * np.ptp(L[i, :, 1]))
+        e3d.append(np.linalg.norm(filled[k, h] - L[i, h], axis=1).mean() / size)
+        placed = _similarity_align(ref[v], L[i, v])(ref)
+        emean.append(np.linalg.norm(placed[h] - L[i, h], axis=1).mean() / size)
+    lines = [f"far-side jaw points taken away from the {len(test)} most turned of the {len(full)} fully located "
+             f"faces of {Path(a.data).name} (the basis from the other {len(full) - len(test)}); mean error of "
+             f"the filled points in % of sqrt(w h) of the face's tight box:",
+             f"  rank-3 3-D shape projection (fill_hidden): {np.mean(e3d) * 100:.2f}%  (median "
+             f"{np.median(e3d) * 100:.2f}%)",
+             f"  mean shape, similarity-fitted to the other points: {np.mean(emean) * 100:.2f}%  (median "
+             f"{np.median(emean) * 100:.2f}%)"]
+    (out / "hidden-fill.txt").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["early-exit", "attention", "estimate"])
-    ap.add_argument("--weights", nargs="+", required=True)
+    ap.add_argument("command", choices=["early-exit", "attention", "estimate", "regions", "hidden-fill"])
+    ap.add_argument("--weights", nargs="+", help="weights file(s); every command but hidden-fill needs one")
     ap.add_argument("--data", required=True)
     ap.add_argument("--limit", type=int)
     ap.add_argument("--out", default="runs/analyses")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.command != "hidden-fill" and not a.weights:
+        ap.error(f"{a.command} needs --weights")
     faces = FaceSet(a.data, a.limit)
-    {"early-exit": cmd_early_exit, "attention": cmd_attention, "estimate": cmd_estimate}[a.command](a, faces, out)
+    {"early-exit": cmd_early_exit, "attention": cmd_attention, "estimate": cmd_estimate, "regions": cmd_regions,
+     "hidden-fill": cmd_hidden_fill}[a.command](a, faces, out)
 
 
 if __name__ == "__main__":

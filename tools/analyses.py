@@ -217,9 +217,10 @@ def cmd_regions(a, faces, out):
              f"{Path(a.data).name}, by |yaw|; far = the side the face turns away from",
              f"{'|yaw|':>8} {'faces':>5} {'all':>6} " + " ".join(
                  f"{n + (' far' if r else ''):>9}" + (f" {n + ' near':>9}" if r else "") for n, _, r in REGIONS)]
-    for lo, hi in ((0, 30), (30, 60), (60, 90.01)):
-        sel = (np.abs(yaw) >= lo) & (np.abs(yaw) < hi)
-        row = f"{lo:>3}-{int(hi):<4} {int(sel.sum()):>5} {np.nanmean(err[sel]):>6.2f} "
+    bins = metrics.yaw_bin(yaw)                      # the evaluation's bins (|yaw| > 90 counts in the last)
+    for k, (lo, hi) in enumerate(metrics.YAW_BINS):
+        sel = bins == k
+        row = f"{lo:>3.0f}-{min(hi, 90):<4.0f} {int(sel.sum()):>5} {np.nanmean(err[sel]):>6.2f} "
         for name, left, right in REGIONS:
             if right is None:
                 row += f"{np.nanmean(err[sel][:, list(left)]):>9.2f} "

@@ -191,6 +191,7 @@ def make_variant(a):
 def main(argv=None):
     a = parse_args(argv)
     t_start = time.time()
+    commit = git_commit()                          # the code this run starts with (exports come later)
     torch.manual_seed(a.seed)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -266,7 +267,7 @@ def main(argv=None):
                 "dead_zone": a.dead_zone, "hidden_weight": a.hidden_weight,
                 "hidden_points": ("filled in by the rank-3 3-D shape projection (tools/trainer/data.fill_hidden)"
                                   if a.hidden_weight > 0 else "left out of the loss"),
-                "ema_decay": a.ema, "git_commit": git_commit(),
+                "ema_decay": a.ema, "git_commit": commit,
                 "trainer": "tools/train.py", "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "lr": a.lr, "lr_steps": a.lr_steps, "training_minutes": round(trained_s / 60, 1),
                 "warm_start": before["from"], "total_epochs": before["epochs"] + epoch,

@@ -162,14 +162,18 @@ def test_hidden_points_are_filled_where_the_3d_shape_projects_them():
         given = truth.copy()
         given[~vis] = -97.0                                             # what a set stores: meaningless
         before = given.copy()
-        out = D.fill_hidden(given[None], vis[None], basis)[0]
+        filled, ok = D.fill_hidden(given[None], vis[None], basis)
+        out = filled[0]
+        assert ok.tolist() == [True]
         np.testing.assert_array_equal(given, before)                    # the input is not modified
         np.testing.assert_array_equal(out[vis], truth[vis])             # located points unchanged
         np.testing.assert_allclose(out[~vis], truth[~vis], rtol=0, atol=1e-6)
-    # a face with too few located points keeps its rows; too few full faces is refused with a reason
+    # a face with too few located points keeps its rows and is flagged; too few full faces is refused
     few = np.zeros(68, bool)
     few[:4] = True
-    np.testing.assert_array_equal(D.fill_hidden(truth[None], few[None], basis)[0], truth)
+    filled, ok = D.fill_hidden(truth[None], few[None], basis)
+    np.testing.assert_array_equal(filled[0], truth)
+    assert ok.tolist() == [False]
     with pytest.raises(ValueError, match="every point located"):
         D.shape_basis_3d(full[:20], np.ones((20, 68), bool))
 

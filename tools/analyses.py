@@ -243,7 +243,7 @@ def cmd_hidden_fill(a, faces, out):
     masked = V.copy()
     for i in test:
         masked[i, list(range(0, 8) if nose[i] < 0.5 else range(9, 17))] = False
-    filled = fill_hidden(L[test], masked[test], basis)
+    filled = fill_hidden(L[test], masked[test], basis)[0]
     ref = mean_shape(faces)
     e3d, emean = [], []
     for k, i in enumerate(test):

@@ -205,16 +205,19 @@ def main(argv=None):
     if train.n_landmarks != variant.n_landmarks:
         raise SystemExit(f"{a.train} has {train.n_landmarks} landmarks, the variant {variant.n_landmarks}")
     mean = D.mean_shape(train)
-    targets = None                                 # None: the set's own landmarks (hidden points left out)
+    targets, fitted = None, None                   # None: the set's own landmarks (hidden points left out)
     if a.hidden_weight > 0:
-        targets = D.fill_hidden(train.landmarks, train.visible, D.shape_basis_3d(train.landmarks, train.visible))
-        print(f"hidden points: {int((~train.visible).sum())} filled in by the rank-3 shape of "
-              f"{int(train.visible.all(1).sum())} fully located faces, weight {a.hidden_weight} in the loss",
-              flush=True)
+        targets, fitted = D.fill_hidden(train.landmarks, train.visible,
+                                        D.shape_basis_3d(train.landmarks, train.visible))
+        print(f"hidden points: {int((~train.visible[fitted]).sum())} filled in by the rank-3 shape of "
+              f"{int(train.visible.all(1).sum())} fully located faces, weight {a.hidden_weight} in the loss; "
+              f"{int((~fitted).sum())} faces with too few located points to fit are not drawn", flush=True)
     if a.no_gdb:
         weights, K = np.ones(len(train)), None
     else:
         weights, K, _ = D.gdb_weights(train, a.gdb_variance)
+    if fitted is not None:
+        weights = np.where(fitted, weights, 0.0)   # their hidden rows hold no targets
     print(f"train: {len(train)} faces from {a.train}; GDB: "
           + ("off" if K is None else f"K = {K} components ({a.gdb_variance:.0%} of variance), faces drawn with probability "
              f"in proportion to their Mahalanobis distance d (weight d / mean d: {weights.min():.2f}.."

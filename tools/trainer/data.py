@@ -255,18 +255,21 @@ def fill_hidden(landmarks, visible, basis) -> np.ndarray:
     shape projects it: x and y are each fitted as a combination of the basis rows plus an offset on the
     located points (least squares, an affine camera), then evaluated on the hidden ones. This is the
     convention of 3-D-style ground truths such as AFLW2000-3D's ("placed where they project"). Located points
-    are returned unchanged; a face with fewer located points than rank + 2 keeps its rows as they were.
-    landmarks (n, N, 2), visible (n, N) -> (n, N, 2) float64, a new array."""
+    are returned unchanged. A face with fewer located points than rank + 2 cannot be fitted: it keeps its rows
+    as they were and its flag is False (its hidden rows are no targets).
+    landmarks (n, N, 2), visible (n, N) -> (filled (n, N, 2) float64, a new array; ok (n,) bool)."""
     out = np.array(landmarks, np.float64)
     vis = np.asarray(visible, bool)
+    ok = np.ones(len(out), bool)
     G = np.vstack([basis, np.ones(basis.shape[1])]).T                 # (N, rank + 1)
     for i in np.flatnonzero(~vis.all(1)):
         v = vis[i]
         if v.sum() < basis.shape[0] + 2:
+            ok[i] = False
             continue
         coef = np.linalg.lstsq(G[v], out[i, v], rcond=None)[0]         # (rank + 1, 2)
         out[i, ~v] = G[~v] @ coef
-    return out
+    return out, ok
 
 
 # --- Generalized Data Balancing ----------------------------------------------------------------------------

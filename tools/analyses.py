@@ -202,6 +202,13 @@ REGIONS = [("jaw", range(0, 8), range(9, 17)), ("brow", range(17, 22), range(22,
            ("eye", range(36, 42), range(42, 48)), ("nose", range(27, 36), None), ("mouth", range(48, 68), None)]
 
 
+def nose_position(landmarks) -> np.ndarray:
+    """Where the nose tip (30) lies between the jaw ends 0 and 16 along x, per face: about 0.5 for a frontal
+    face, below it when the face turns so that its image-left side (points 0-7) recedes (the far side)."""
+    L = np.asarray(landmarks)
+    return (L[:, 30, 0] - L[:, 0, 0]) / np.maximum(L[:, 16, 0] - L[:, 0, 0], 1e-6)
+
+
 def cmd_regions(a, faces, out):
     from tools.evaluate import predict_all
     if faces.pose is None or faces.n_landmarks != 68:
@@ -211,8 +218,7 @@ def cmd_regions(a, faces, out):
     err = np.stack([metrics.point_errors(p, g, v) / metrics.normalisers(g, v)["box"]
                     for p, g, v in zip(preds, faces.landmarks, faces.visible)]) * 100      # (n, 68), % of box
     yaw = faces.pose[:, 1]
-    # the far side is the one the nose tip is nearer to in the image (points 0-7 are the image's left jaw)
-    nose_left = (faces.landmarks[:, 30, 0] - faces.landmarks[:, 0, 0]) < (faces.landmarks[:, 16, 0] - faces.landmarks[:, 30, 0])
+    nose_left = nose_position(faces.landmarks) < 0.5              # the image's left side is the far one
     lines = [f"NME_box (%) per landmark group of {model.weights.variant.name} on {len(faces)} faces of "
              f"{Path(a.data).name}, by |yaw|; far = the side the face turns away from",
              f"{'|yaw|':>8} {'faces':>5} {'all':>6} " + " ".join(
@@ -237,7 +243,7 @@ def cmd_hidden_fill(a, faces, out):
     from tools.trainer.data import fill_hidden, shape_basis_3d, _similarity_align, mean_shape
     L, V = faces.landmarks, faces.visible
     full = np.flatnonzero(V.all(1))
-    nose = (L[:, 30, 0] - L[:, 0, 0]) / np.maximum(L[:, 16, 0] - L[:, 0, 0], 1e-6)    # 0.5: frontal
+    nose = nose_position(L)
     test = full[np.argsort(np.abs(nose[full] - 0.5))[-min(400, len(full) // 4):]]      # the most turned
     basis = shape_basis_3d(L[np.setdiff1d(full, test)], V[np.setdiff1d(full, test)])
     masked = V.copy()

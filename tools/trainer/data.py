@@ -250,7 +250,7 @@ def shape_basis_3d(landmarks, visible, rank: int = 3) -> np.ndarray:
     return np.linalg.svd(W, full_matrices=False)[2][:rank]
 
 
-def fill_hidden(landmarks, visible, basis) -> np.ndarray:
+def fill_hidden(landmarks, visible, basis) -> tuple[np.ndarray, np.ndarray]:
     """Landmarks with every point that has no location (self-occluded) replaced by where the face's 3-D
     shape projects it: x and y are each fitted as a combination of the basis rows plus an offset on the
     located points (least squares, an affine camera), then evaluated on the hidden ones. This is the

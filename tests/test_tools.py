@@ -2,6 +2,7 @@
 import csv
 
 import numpy as np
+import pytest
 
 import musica_ref as m
 from tools import analyses, evaluate
@@ -38,3 +39,29 @@ def test_early_exit_simulation_rule():
     np.testing.assert_array_equal(analyses.stop_iteration(est, 0.0), [2, 2, 2])
     np.testing.assert_array_equal(analyses.stop_iteration(est, 0.025), [1, 0, 2])
     np.testing.assert_array_equal(analyses.stop_iteration(est, 1.0), [0, 0, 0])
+
+
+def test_regions_and_hidden_fill_name_what_they_need(tmp_path):
+    folder = synthetic_folder(tmp_path, n=4)                   # 5 points, no poses
+    w = tmp_path / "w.h5"
+    m.save_weights(w, m.random_weights(m.custom_variant(5, [0, 2, 4]), seed=2))
+    with pytest.raises(SystemExit, match="needs a 68-point set with poses"):
+        analyses.main(["regions", "--weights", str(w), "--data", str(folder), "--out", str(tmp_path / "an")])
+    with pytest.raises(SystemExit):                             # argparse: regions without --weights
+        analyses.main(["regions", "--data", str(folder)])
+
+
+def test_nose_position_tells_the_far_side():
+    face = np.zeros((2, 68, 2))
+    face[:, 0, 0], face[:, 16, 0] = 10.0, 90.0
+    face[0, 30, 0], face[1, 30, 0] = 50.0, 30.0                # frontal; turned, image-left side receding
+    np.testing.assert_allclose(analyses.nose_position(face), [0.5, 0.25])
+
+
+def test_hidden_fill_beats_the_mean_shape_on_real_faces(shared_data, tmp_path, capsys):
+    analyses.main(["hidden-fill", "--data", str(shared_data / "train_merl_aflw.h5"), "--limit", "3000",
+                   "--out", str(tmp_path)])
+    lines = (tmp_path / "hidden-fill.txt").read_text().splitlines()
+    ours = float(lines[1].split(":")[1].split("%")[0])
+    mean = float(lines[2].split(":")[1].split("%")[0])
+    assert ours < 0.7 * mean, lines

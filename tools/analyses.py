@@ -246,9 +246,10 @@ def cmd_hidden_fill(a, faces, out):
     nose = nose_position(L)
     test = full[np.argsort(np.abs(nose[full] - 0.5))[-min(400, len(full) // 4):]]      # the most turned
     basis = shape_basis_3d(L[np.setdiff1d(full, test)], V[np.setdiff1d(full, test)])
+    _, jaw_left, jaw_right = REGIONS[0]
     masked = V.copy()
     for i in test:
-        masked[i, list(range(0, 8) if nose[i] < 0.5 else range(9, 17))] = False
+        masked[i, list(jaw_left if nose[i] < 0.5 else jaw_right)] = False
     filled = fill_hidden(L[test], masked[test], basis)[0]
     ref = mean_shape(faces)
     e3d, emean = [], []
@@ -258,7 +259,10 @@ def cmd_hidden_fill(a, faces, out):
         e3d.append(np.linalg.norm(filled[k, h] - L[i, h], axis=1).mean() / size)
         placed = _similarity_align(ref[v], L[i, v])(ref)
         emean.append(np.linalg.norm(placed[h] - L[i, h], axis=1).mean() / size)
-    lines = [f"far-side jaw points taken away from the {len(test)} most turned of the {len(full)} fully located "
+    lines = [f"{Path(a.data).name}: {(~V).mean() * 100:.1f}% of the points have no location, on "
+             f"{(~V).any(1).mean() * 100:.1f}% of the {len(V)} faces; every face has at least "
+             f"{int(V.sum(1).min())} located points",
+             f"far-side jaw points taken away from the {len(test)} most turned of the {len(full)} fully located "
              f"faces of {Path(a.data).name} (the basis from the other {len(full) - len(test)}); mean error of "
              f"the filled points in % of sqrt(w h) of the face's tight box:",
              f"  rank-3 3-D shape projection (fill_hidden): {np.mean(e3d) * 100:.2f}%  (median "

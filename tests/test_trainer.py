@@ -208,3 +208,41 @@ def test_training_with_hidden_weight_records_it(tmp_path):
     assert p["hidden_weight"] == 0.5 and "fill_hidden" in p["hidden_points"]
     run_train(folder, tmp_path / "v.h5", "--epochs", "1")
     assert m.load_weights(tmp_path / "v.h5").provenance["hidden_points"] == "left out of the loss"
+
+
+def test_iteration_weights_scale_each_iterations_term():
+    g = torch.Generator().manual_seed(1)
+    B, N = 4, 68
+    gt0 = torch.rand(B, N, 2, generator=g, dtype=torch.float64) * 100
+    out = {"shapes": gt0 + torch.randn(3, B, N, 2, generator=g, dtype=torch.float64),
+           "errors": torch.rand(3, B, generator=g, dtype=torch.float64) * 0.05}
+    vis = torch.rand(B, N, generator=g) > 0.2
+    norm = torch.full((B,), 40.0, dtype=torch.float64)
+    plain, eps = T.loss_terms(out, gt0, vis, norm, 0.0)
+    ones, eps1 = T.loss_terms(out, gt0, vis, norm, 0.0, iteration_weights=[1, 1, 1])
+    assert float(ones) == float(plain) and torch.equal(eps, eps1)
+    # one iteration's term alone, three times: the weighted sum is linear in the weights
+    terms = [float(T.loss_terms(out, gt0, vis, norm, 0.0, iteration_weights=w)[0])
+             for w in ([1, 0, 0], [0, 1, 0], [0, 0, 1])]
+    assert math.isclose(sum(terms), float(plain), rel_tol=1e-12) and min(terms) > 0
+    mixed = float(T.loss_terms(out, gt0, vis, norm, 0.0, iteration_weights=[2, 0.5, 0])[0])
+    assert math.isclose(mixed, 2 * terms[0] + 0.5 * terms[1], rel_tol=1e-12)
+    # only the moved iteration's term changes
+    moved = {"shapes": out["shapes"].clone(), "errors": out["errors"]}
+    moved["shapes"][2] += 5.0
+    assert float(T.loss_terms(moved, gt0, vis, norm, 0.0, iteration_weights=[1, 1, 0])[0]) == \
+        float(T.loss_terms(out, gt0, vis, norm, 0.0, iteration_weights=[1, 1, 0])[0])
+
+
+@pytest.mark.parametrize("text", ["1,1", "1,1,1,1", "a,b,c", "1,-1,1", "0,0,0", "1,nan,1", "1,inf,1"])
+def test_bad_iteration_weights_are_refused_by_name(text):
+    with pytest.raises(SystemExit, match="--iteration-weights"):
+        T.parse_iteration_weights(text)
+
+
+def test_training_with_iteration_weights_records_them(tmp_path):
+    folder = synthetic_folder(tmp_path, n=32)
+    run_train(folder, tmp_path / "w.h5", "--epochs", "1", "--iteration-weights", "2,1.5,1")
+    assert m.load_weights(tmp_path / "w.h5").provenance["iteration_weights"] == "2,1.5,1"
+    run_train(folder, tmp_path / "v.h5", "--epochs", "1")
+    assert m.load_weights(tmp_path / "v.h5").provenance["iteration_weights"] == "1,1,1"

@@ -32,10 +32,12 @@ from tools.trainer.model import MuSiCaTorch, load_into, to_weights   # noqa: E40
 
 # --- loss (spec 8) ---------------------------------------------------------------------------------------
 
-def loss_terms(out, gt0, visible, norm, dead_zone: float, hidden_weight: float = 0.0):
+def loss_terms(out, gt0, visible, norm, dead_zone: float, hidden_weight: float = 0.0,
+               iteration_weights=None):
     """Per iteration i: L_i = mean over visible points of the L1 point error / normaliser, errors under
     `dead_zone` counted as zero; eps_i = the true Euclidean NME (a constant for the error term);
-    loss = sum_i mean_batch(0.95 L_i + 0.05 |eps_i - E_i|). Returns (loss, eps (3, B)).
+    loss = sum_i w_i mean_batch(0.95 L_i + 0.05 |eps_i - E_i|), w_i = 1 (the spec's loss) unless
+    `iteration_weights` (one per iteration) says otherwise. Returns (loss, eps (3, B)).
 
     hidden_weight > 0: the points without a location count in L_i too, with that weight (a weighted mean);
     their targets in gt0 must then be filled in (`data.fill_hidden`). eps_i stays over visible points."""
@@ -48,8 +50,11 @@ def loss_terms(out, gt0, visible, norm, dead_zone: float, hidden_weight: float =
     L = (l1 * pw).sum(-1) / pw.sum(-1).clamp(min=1)                # (3, B)
     eps = ((diff.detach().norm(dim=-1) / norm[:, None]) * vis).sum(-1) / nvis   # (3, B)
     E = out["errors"].to(eps.dtype)
-    loss = (0.95 * L + 0.05 * (eps - E).abs()).mean(1).sum()
-    return loss, eps
+    per_iteration = (0.95 * L + 0.05 * (eps - E).abs()).mean(1)     # (3,)
+    if iteration_weights is None:
+        return per_iteration.sum(), eps
+    w = torch.as_tensor(iteration_weights, dtype=per_iteration.dtype, device=per_iteration.device)
+    return (w * per_iteration).sum(), eps
 
 
 # --- batches ---------------------------------------------------------------------------------------------
@@ -163,6 +168,9 @@ def parse_args(argv=None):
     ap.add_argument("--hidden-weight", type=float, default=0.0,
                     help="weight in the loss of the self-occluded points (no location in the set), filled in "
                          "where the faces' 3-D shape projects them (data.fill_hidden); 0: left out")
+    ap.add_argument("--iteration-weights", default="",
+                    help="comma-separated weight of each iteration's term in the loss (default: 1 each, the "
+                         "spec's loss); more weight on the early iterations trades final accuracy for early exit")
     ap.add_argument("--dead-zone", type=float, default=0.002, help="per-point normalised L1 errors below it count as 0")
     ap.add_argument("--no-gdb", action="store_true", help="no Generalized Data Balancing (uniform sampling)")
     ap.add_argument("--gdb-variance", type=float, default=0.95, help="GDB keeps the PCA components up to this variance")
@@ -188,8 +196,24 @@ def make_variant(a):
     return m.custom_variant(a.landmarks, idx)
 
 
+def parse_iteration_weights(text: str):
+    """'' -> None (every iteration weighs 1); '2,2,1' -> [2.0, 2.0, 1.0]: one finite weight >= 0 per
+    iteration, not all 0."""
+    if not text:
+        return None
+    try:
+        w = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--iteration-weights: {text!r} is not a comma-separated list of numbers") from None
+    n = len(m.geometry.ITERATION_LEVELS)
+    if len(w) != n or not all(math.isfinite(x) and x >= 0 for x in w) or not any(w):
+        raise SystemExit(f"--iteration-weights: give {n} finite weights >= 0, not all 0 (got {text!r})")
+    return w
+
+
 def main(argv=None):
     a = parse_args(argv)
+    iteration_weights = parse_iteration_weights(a.iteration_weights)
     t_start = time.time()
     commit = git_commit()                          # the code this run starts with (exports come later)
     torch.manual_seed(a.seed)
@@ -268,6 +292,7 @@ def main(argv=None):
                 "validation_faces": min(a.val_faces, len(val_faces)) if val_faces else 0,
                 "gdb_components": -1 if K is None else K, "augmentation": json.dumps(vars(aug)),
                 "dead_zone": a.dead_zone, "hidden_weight": a.hidden_weight,
+                "iteration_weights": ",".join(f"{x:g}" for x in (iteration_weights or [1.0] * len(m.geometry.ITERATION_LEVELS))),
                 "hidden_points": ("filled in by the rank-3 3-D shape projection (tools/trainer/data.fill_hidden)"
                                   if a.hidden_weight > 0 else "left out of the loss"),
                 "ema_decay": a.ema, "git_commit": commit,
@@ -298,7 +323,7 @@ def main(argv=None):
         for k, b in enumerate(loader):
             lv, i0, g, v, nr = to_torch(b, device)
             out = model(lv, i0)
-            loss, eps = loss_terms(out, g, v, nr, a.dead_zone, a.hidden_weight)
+            loss, eps = loss_terms(out, g, v, nr, a.dead_zone, a.hidden_weight, iteration_weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -178,14 +178,20 @@ def test_hidden_points_are_filled_where_the_3d_shape_projects_them():
         D.shape_basis_3d(full[:20], np.ones((20, 68), bool))
 
 
-def test_hidden_weight_counts_the_hidden_points_in_the_point_loss_only():
-    g = torch.Generator().manual_seed(0)
-    B, N = 3, 68
+def random_loss_inputs(seed: int, B: int, N: int = 68):
+    """Outputs of 3 iterations near random targets, a random visibility mask and normalisers: loss_terms'
+    arguments (out, gt0, visible, norm)."""
+    g = torch.Generator().manual_seed(seed)
     gt0 = torch.rand(B, N, 2, generator=g, dtype=torch.float64) * 100
     out = {"shapes": gt0 + torch.randn(3, B, N, 2, generator=g, dtype=torch.float64),
            "errors": torch.rand(3, B, generator=g, dtype=torch.float64) * 0.05}
     vis = torch.rand(B, N, generator=g) > 0.2
-    norm = torch.full((B,), 40.0, dtype=torch.float64)
+    return out, gt0, vis, torch.full((B,), 40.0, dtype=torch.float64)
+
+
+def test_hidden_weight_counts_the_hidden_points_in_the_point_loss_only():
+    B, N = 3, 68
+    out, gt0, vis, norm = random_loss_inputs(0, B, N)
     moved = gt0.clone()
     moved[~vis] += 30.0                                                 # other targets for the hidden points
     base, eps = T.loss_terms(out, gt0, vis, norm, 0.0)
@@ -211,13 +217,7 @@ def test_training_with_hidden_weight_records_it(tmp_path):
 
 
 def test_iteration_weights_scale_each_iterations_term():
-    g = torch.Generator().manual_seed(1)
-    B, N = 4, 68
-    gt0 = torch.rand(B, N, 2, generator=g, dtype=torch.float64) * 100
-    out = {"shapes": gt0 + torch.randn(3, B, N, 2, generator=g, dtype=torch.float64),
-           "errors": torch.rand(3, B, generator=g, dtype=torch.float64) * 0.05}
-    vis = torch.rand(B, N, generator=g) > 0.2
-    norm = torch.full((B,), 40.0, dtype=torch.float64)
+    out, gt0, vis, norm = random_loss_inputs(1, 4)
     plain, eps = T.loss_terms(out, gt0, vis, norm, 0.0)
     ones, eps1 = T.loss_terms(out, gt0, vis, norm, 0.0, iteration_weights=[1, 1, 1])
     assert float(ones) == float(plain) and torch.equal(eps, eps1)

@@ -162,43 +162,14 @@ def main(argv=None):
     notes = []
     try:
         import torch
-        from tools.trainer.model import from_weights
-
-        class NetOnly(torch.nn.Module):
-            def __init__(self, net):
-                super().__init__()
-                self.its = net.iterations
-
-            def forward(self, p0, p1, p2):
-                h = torch.zeros(p0.shape[0] // v.n_patches, HIDDEN)
-                outs = []
-                for it, p in zip(self.its, (p0, p1, p2)):
-                    r = it(p, h)
-                    h = r["hidden"]
-                    outs.append(r["out"])
-                return torch.stack(outs)
-
-        net = NetOnly(from_weights(model32.weights, torch.float32)).eval()
+        net = torch_network(model32.weights)
         scripted = torch.jit.trace(net, tuple(torch.from_numpy(p) for p in patches1), check_trace=False)
         for B, pat in ((1, patches1), (a.batch, patchesB)):
             tp = tuple(torch.from_numpy(p) for p in pat)
             cases[f"PyTorch eager network, batch {B}"] = (lambda tp=tp: _no_grad(net, tp), B)
             cases[f"TorchScript network, batch {B}"] = (lambda tp=tp: _no_grad(scripted, tp), B)
         try:
-            import onnxruntime as ort
-            onnx_path = os.path.join(tmp, "net.onnx")
-            torch.onnx.export(net, tuple(torch.from_numpy(p) for p in patches1), onnx_path,
-                              input_names=["p0", "p1", "p2"], output_names=["out"],
-                              dynamic_axes={k: {0: "bp"} for k in ("p0", "p1", "p2")}, dynamo=False)
-            sessions = {}
-            for th in (1, 2):
-                so = ort.SessionOptions()
-                so.intra_op_num_threads = th
-                so.inter_op_num_threads = 1
-                # ONNX Runtime's pool spins after each run by default, which would steal the cores from the
-                # next case of the interleaved rounds; the other pools here wait passively too
-                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                sessions[th] = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+            sessions = onnx_sessions(net, patches1, (1, 2), tmp)
             for B, pat in ((1, patches1), (a.batch, patchesB)):
                 feed = {"p0": pat[0], "p1": pat[1], "p2": pat[2]}
                 cases[f"ONNX Runtime network, batch {B}"] = (lambda feed=feed: sessions[THREADS[0]].run(None, feed), B)
@@ -273,6 +244,50 @@ def main(argv=None):
 
 
 THREADS = [2]
+
+
+def torch_network(weights32):
+    """The trainer's PyTorch model of the network only: (patches of iterations 1, 2, 3) -> the 3 outputs
+    (3, B, 2N+1), the iterations chained by the hidden state; weights32 a float32 musica_ref Weights."""
+    import torch
+    from tools.trainer.model import from_weights
+
+    class NetOnly(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.its = net.iterations
+
+        def forward(self, p0, p1, p2):
+            h = torch.zeros(p0.shape[0] // weights32.variant.n_patches, HIDDEN)
+            outs = []
+            for it, p in zip(self.its, (p0, p1, p2)):
+                r = it(p, h)
+                h = r["hidden"]
+                outs.append(r["out"])
+            return torch.stack(outs)
+
+    return NetOnly(from_weights(weights32, torch.float32)).eval()
+
+
+def onnx_sessions(net, patches, threads, folder):
+    """torch_network `net` exported to ONNX (in `folder`, traced on `patches`, any batch) -> {threads:
+    ONNX Runtime session with that many intra-op threads}. Raises ImportError without onnxruntime."""
+    import onnxruntime as ort
+    import torch
+    path = os.path.join(folder, "net.onnx")
+    torch.onnx.export(net, tuple(torch.from_numpy(p) for p in patches), path,
+                      input_names=["p0", "p1", "p2"], output_names=["out"],
+                      dynamic_axes={k: {0: "bp"} for k in ("p0", "p1", "p2")}, dynamo=False)
+    sessions = {}
+    for th in threads:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = th
+        so.inter_op_num_threads = 1
+        # ONNX Runtime's pool spins after each run by default, which would steal the cores from the
+        # next case of the interleaved rounds; the other pools here wait passively too
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sessions[th] = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return sessions
 
 
 def _no_grad(net, tp):

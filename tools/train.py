@@ -102,6 +102,9 @@ def validation_batches(faces: D.FaceSet, mean, n: int, batch: int):
 
 @torch.no_grad()
 def evaluate(model, val, device, dead_zone):
+    """(validation loss, NME per iteration (3,)) over the batches `val`. The loss is the spec's (every
+    iteration weighs 1, the located points only) whatever the run's --iteration-weights and --hidden-weight,
+    so the validation losses of runs with different options compare."""
     model.eval()
     tot, nme, n = 0.0, np.zeros(3), 0
     for b in val:
@@ -196,6 +199,9 @@ def make_variant(a):
     return m.custom_variant(a.landmarks, idx)
 
 
+N_ITERATIONS = len(m.geometry.ITERATION_LEVELS)
+
+
 def parse_iteration_weights(text: str):
     """'' -> None (every iteration weighs 1); '2,2,1' -> [2.0, 2.0, 1.0]: one finite weight >= 0 per
     iteration, not all 0."""
@@ -205,9 +211,8 @@ def parse_iteration_weights(text: str):
         w = [float(x) for x in text.split(",")]
     except ValueError:
         raise SystemExit(f"--iteration-weights: {text!r} is not a comma-separated list of numbers") from None
-    n = len(m.geometry.ITERATION_LEVELS)
-    if len(w) != n or not all(math.isfinite(x) and x >= 0 for x in w) or not any(w):
-        raise SystemExit(f"--iteration-weights: give {n} finite weights >= 0, not all 0 (got {text!r})")
+    if len(w) != N_ITERATIONS or not all(math.isfinite(x) and x >= 0 for x in w) or not any(w):
+        raise SystemExit(f"--iteration-weights: give {N_ITERATIONS} finite weights >= 0, not all 0 (got {text!r})")
     return w
 
 
@@ -292,7 +297,7 @@ def main(argv=None):
                 "validation_faces": min(a.val_faces, len(val_faces)) if val_faces else 0,
                 "gdb_components": -1 if K is None else K, "augmentation": json.dumps(vars(aug)),
                 "dead_zone": a.dead_zone, "hidden_weight": a.hidden_weight,
-                "iteration_weights": ",".join(f"{x:g}" for x in (iteration_weights or [1.0] * len(m.geometry.ITERATION_LEVELS))),
+                "iteration_weights": ",".join(f"{x:g}" for x in iteration_weights or [1.0] * N_ITERATIONS),
                 "hidden_points": ("filled in by the rank-3 3-D shape projection (tools/trainer/data.fill_hidden)"
                                   if a.hidden_weight > 0 else "left out of the loss"),
                 "ema_decay": a.ema, "git_commit": commit,

@@ -105,12 +105,22 @@ def main(argv=None):
         return child(a.child, a.weights, a.batch, a.rounds, a.out_npy)
     if not os.path.exists(a.weights):
         raise SystemExit(f"no weights file {a.weights}")
+    a.weights = os.path.abspath(a.weights)            # the children run in the scratch folder
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        report(a, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(a, tmp: Path) -> None:
+    """Run the child processes (their scratch and the package copy, with its Numba cache, in `tmp`) and
+    print the table."""
     import numpy as np
     sys.path.insert(0, str(ROOT))
     from tools.time_predict import machine
-    tmp = Path(tempfile.mkdtemp())
     packages = {"shipped (multiply, then add)": str(ROOT), "fastmath contract (FMA)": str(contract_copy(tmp))}
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", NUMBA_CACHE_DIR=str(tmp / "numba-cache"))
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")      # idle OpenMP threads must not steal the cores
     runs = {k: [] for k in packages}
     outputs = {}
     for r in range(a.repeats + 1):                      # the first pass compiles both; it is not counted
@@ -118,7 +128,7 @@ def main(argv=None):
             npy = tmp / f"out{len(outputs)}.npy"
             p = subprocess.run([sys.executable, __file__, "--child", root, "--weights", a.weights, "--batch",
                                 str(a.batch), "--rounds", str(a.rounds if r else 1), "--out-npy", str(npy)],
-                               capture_output=True, text=True, cwd=tmp)
+                               capture_output=True, text=True, cwd=tmp, env=env)
             if p.returncode:
                 raise SystemExit(f"the {name} process failed:\n{p.stderr[-3000:]}")
             outputs[name] = np.load(npy)
@@ -134,7 +144,6 @@ def main(argv=None):
     a_out, b_out = outputs.values()
     print(f"last iteration's outputs, FMA copy against the shipped engine: max |difference| "
           f"{float(np.abs(a_out - b_out).max()):.3g} (the shipped engine is the reference)")
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 Rules for every kernel here:
 - no `fastmath` (results must not depend on reassociation, and NaN/inf keep their meaning);
+- every multiply-add of the network's layers is one fused multiply-add (`madd`: acc + x * w rounded once),
+  never a multiply and an add, so vectorised and scalar loops give the same bits on every machine;
 - `cache=True`, so a second process loads the compiled code from disk instead of compiling again;
 - float32 activations in and out; the accumulator type is stated in each docstring;
 - the summation order of every output element is fixed by the loop nest and does not depend on the batch
@@ -89,6 +91,76 @@ def _widen_impl(v):
         half = _half_bits_fpext if HALF_IN_HARDWARE else _half_bits_integer
         return lambda v: half(v)
     return lambda v: np.float32(v)
+
+
+# --- fused multiply-add ---------------------------------------------------------------------------------------
+
+# Every multiply-add of the network (convolutions, fully connected layers) is one fused multiply-add:
+# acc + x * w rounded once to float32 (IEEE 754 fusedMultiplyAdd), the same bits on every machine whether
+# LLVM vectorises the loop or not. CPUs with FMA units (x86 with FMA3, 64-bit ARM) do it in one instruction
+# (LLVM's llvm.fma); elsewhere `madd` computes the same correctly rounded value in float64 arithmetic.
+
+def _fma_in_hardware() -> bool:
+    """Whether this CPU has fused multiply-add instructions (x86 FMA3; 64-bit ARM always has them)."""
+    triple = llvm.get_process_triple()
+    if triple.startswith(("aarch64", "arm64")):
+        return True
+    if not triple.startswith("x86"):
+        return False
+    try:
+        return "+fma" in llvm.get_host_cpu_features().flatten().split(",")
+    except RuntimeError:                              # features unknown: the portable path
+        return False
+
+
+FMA_IN_HARDWARE = _fma_in_hardware()
+
+
+@intrinsic
+def _fma_llvm(typingctx, acc, x, w):
+    # llvm.fma.f32(x, w, acc): x * w + acc with one rounding, by definition (never split into two)
+    if not all(a == types.float32 for a in (acc, x, w)):
+        return None
+    def codegen(context, builder, signature, args):
+        return builder.fma(args[1], args[2], args[0])
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+@intrinsic
+def _float64_bits(typingctx, v):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.uint64(types.float64), codegen
+
+
+@njit(cache=True)
+def _fma_emulated(acc, x, w):
+    """acc + x * w (float32) rounded once, in float64 arithmetic: the product of two float32 is exact in
+    float64; the sum is rounded to odd (TwoSum gives its exact error; an even result is moved one ulp toward
+    the error), and 53 bits rounded to odd, then to float32's 24, give the correctly rounded sum (Boldo and
+    Melquiond, 2008)."""
+    p = np.float64(x) * np.float64(w)
+    c = np.float64(acc)
+    s = p + c
+    if not np.isfinite(s):
+        return np.float32(s)
+    t = s - p
+    e = (p - (s - t)) + (c - t)                      # s + e == p + c exactly
+    if e != 0.0 and (_float64_bits(s) & np.uint64(1)) == np.uint64(0):
+        s = np.nextafter(s, np.inf if e > 0.0 else -np.inf)
+    return np.float32(s)
+
+
+def madd(acc, x, w):
+    """acc + x * w for float32 acc, x, w with a single rounding to float32 (a fused multiply-add)."""
+    return _fma_emulated(np.float32(acc), np.float32(x), np.float32(w))
+
+
+@overload(madd)
+def _madd_impl(acc, x, w):
+    if FMA_IN_HARDWARE:
+        return lambda acc, x, w: _fma_llvm(acc, x, w)
+    return lambda acc, x, w: _fma_emulated(acc, x, w)
 
 
 # --- image resampling ---------------------------------------------------------------------------------------
@@ -373,7 +445,8 @@ def conv3x3(x, weight, bias, relu):
     """Valid 3x3 cross-correlation + bias (+ ReLU if relu), stride 1, over many patches at once.
 
     x (B, H, W, Cin) float32; weight (3, 3, Cin, Cout); bias (Cout,) -> (B, H-2, W-2, Cout) float32.
-    Accumulator: float32, starting at the bias, summed over (c, di, dj) in that order.
+    Accumulator: float32, starting at the bias, summed over (c, di, dj) in that order, each term a fused
+    multiply-add.
     """
     B, H, W, Cin = x.shape
     Cout = weight.shape[3]
@@ -394,7 +467,7 @@ def conv3x3(x, weight, bias, relu):
                         for dj in range(3):
                             xv = x[b, i + di, j + dj, c]
                             for o in range(Cout):
-                                acc[o] += xv * weight[di, dj, c, o]
+                                acc[o] = madd(acc[o], xv, weight[di, dj, c, o])
                 for o in range(Cout):
                     v = acc[o]
                     out[b, i, j, o] = v if (not relu or v > 0) else np.float32(0.0)
@@ -442,9 +515,9 @@ def crop_concat(conv2, pool2):
 
 @njit(cache=True)
 def _fc_chunk(x, weight, r0, nr, c, acc, ks, xs):
-    """acc[r] = sum over k of chunk c (in order) of x[r0 + r, k] * weight[k], starting from 0; inputs that are
-    exactly 0 are skipped (adding 0 * w, w finite, leaves every partial sum as it is, bit for bit).
-    weight is float32, int8 or uint16 float16 bits (each element widened to float32 exactly: widen).
+    """acc[r] = sum over k of chunk c (in order) of x[r0 + r, k] * weight[k], starting from 0, each term a fused
+    multiply-add; inputs that are exactly 0 are skipped (adding 0 * w, w finite, leaves every partial sum as
+    it is, bit for bit). weight is float32, int8 or uint16 float16 bits (each element widened to float32 exactly: widen).
     For each input, its nonzero inputs are listed first and their weight rows taken eight at a time: eight
     terms added in order to each output in one pass (eight row streams in flight for the memory system, each
     output loaded and stored once per eight rows); the chunk's rows stay in cache for the next input of the
@@ -470,20 +543,20 @@ def _fc_chunk(x, weight, r0, nr, c, acc, ks, xs):
             xe, xf, xg, xh = xs[q + 4], xs[q + 5], xs[q + 6], xs[q + 7]
             for j in range(M):
                 a = acc[r, j]
-                a += xa * widen(weight[ka, j])
-                a += xb * widen(weight[kb, j])
-                a += xc * widen(weight[kc, j])
-                a += xd * widen(weight[kd, j])
-                a += xe * widen(weight[ke, j])
-                a += xf * widen(weight[kf, j])
-                a += xg * widen(weight[kg, j])
-                a += xh * widen(weight[kh, j])
+                a = madd(a, xa, widen(weight[ka, j]))
+                a = madd(a, xb, widen(weight[kb, j]))
+                a = madd(a, xc, widen(weight[kc, j]))
+                a = madd(a, xd, widen(weight[kd, j]))
+                a = madd(a, xe, widen(weight[ke, j]))
+                a = madd(a, xf, widen(weight[kf, j]))
+                a = madd(a, xg, widen(weight[kg, j]))
+                a = madd(a, xh, widen(weight[kh, j]))
                 acc[r, j] = a
             q += 8
         for t in range(q, n):
             kt, xt = ks[t], xs[t]
             for j in range(M):
-                acc[r, j] += xt * widen(weight[kt, j])
+                acc[r, j] = madd(acc[r, j], xt, widen(weight[kt, j]))
 
 
 @njit(parallel=True, cache=True)
@@ -536,7 +609,7 @@ def _fully_connected(x, weight, bias, scale, scaled):
     if scaled:
         for b in range(B):
             for j in range(M):
-                out[b, j] = bias[j] + scale[j] * out[b, j]
+                out[b, j] = madd(bias[j], scale[j], out[b, j])
     return out
 
 
@@ -564,7 +637,8 @@ def fully_connected_scaled(x, qweight, scale, bias):
     """out = bias + scale * (x @ qweight): a fully connected layer whose weights are stored as int8 with one
     float32 scale per output (weight[:, j] ~ scale[j] * qweight[:, j]). x (B, K) float32; qweight (K, M)
     int8; scale, bias (M,) float32 -> (B, M) float32. The same chunks, order and batch invariance as
-    fully_connected; the sum of the chunks starts from 0 and is scaled once at the end.
+    fully_connected; the sum of the chunks starts from 0 and is scaled once at the end (bias + scale * sum,
+    one fused multiply-add).
     """
     return _fully_connected(x, qweight, bias, scale, True)
 
@@ -623,11 +697,9 @@ CONV1_OUT_BLOCK = 4
 
 @njit(cache=True)
 def _add3(u, x0, x1, x2, w0, w1, w2):
-    """u + x0 w0 + x1 w1 + x2 w2, added left to right (one kernel row of a 3x3 tap; inlined by LLVM)."""
-    u += x0 * w0
-    u += x1 * w1
-    u += x2 * w2
-    return u
+    """u + x0 w0 + x1 w1 + x2 w2, three fused multiply-adds left to right (one kernel row of a 3x3 tap;
+    inlined by LLVM)."""
+    return madd(madd(madd(u, x0, w0), x1, w1), x2, w2)
 
 
 @njit(cache=True)
@@ -686,9 +758,9 @@ def _pool1(c1, base, S, p1, Q1, rowmax):
 
 @njit(cache=True)
 def _add_row4(s0, s1, s2, s3, x0, x1, x2, x3, w):
-    """One tap of conv2 for a row of 4 outputs: (s0 + x0 w, s1 + x1 w, s2 + x2 w, s3 + x3 w) (inlined by
-    LLVM; 4 independent sums)."""
-    return s0 + x0 * w, s1 + x1 * w, s2 + x2 * w, s3 + x3 * w
+    """One tap of conv2 for a row of 4 outputs: (s0 + x0 w, s1 + x1 w, s2 + x2 w, s3 + x3 w), each a fused
+    multiply-add (inlined by LLVM; 4 independent sums)."""
+    return madd(s0, x0, w), madd(s1, x1, w), madd(s2, x2, w), madd(s3, x3, w)
 
 
 @njit(cache=True)

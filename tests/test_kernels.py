@@ -458,6 +458,89 @@ def test_fully_connected_float16_bits_equal_float32(seed, B, Kn, M, scale):
     np.testing.assert_array_equal(got, K.fully_connected(x, w16.astype(np.float32), b))
 
 
+# --- fused multiply-add --------------------------------------------------------------------------------------
+
+@njit
+def _madd_all(acc, x, w, out, emulated):
+    for i in range(acc.shape[0]):
+        out[i] = K._fma_emulated(acc[i], x[i], w[i]) if emulated else K.madd(acc[i], x[i], w[i])
+
+
+def _madd(acc, x, w, emulated):
+    acc, x, w = (np.atleast_1d(np.asarray(v, np.float32)) for v in (acc, x, w))
+    out = np.empty(acc.size, np.float32)
+    _madd_all(acc, x, w, out, emulated)
+    return out
+
+
+def _correctly_rounded(acc, x, w):
+    """acc + x * w, exactly (fractions), rounded to the nearest float32, ties to even: the independent twin."""
+    from fractions import Fraction
+    q = Fraction(float(acc)) + Fraction(float(x)) * Fraction(float(w))
+    f = np.float32(float(q))                    # within one float32 step of the answer
+    cands = [f, np.nextafter(f, np.float32(np.inf)), np.nextafter(f, np.float32(-np.inf))]
+    return min(cands, key=lambda c: (abs(Fraction(float(c)) - q), int(np.array(c).view(np.uint32)) & 1))
+
+
+@pytest.mark.parametrize("emulated", [False, True])
+def test_madd_rounds_once(emulated):
+    # (1 + 2^-12)^2 = 1 + 2^-11 + 2^-24: with one rounding the 2^-24 survives the cancellation, with a rounded
+    # product in between it is lost
+    x = np.float32(1 + 2.0 ** -12)
+    acc = np.float32(-(1 + 2.0 ** -11))
+    assert np.float32(x * x) + acc == 0                                     # multiply, then add
+    assert _madd(acc, x, x, emulated)[0] == np.float32(2.0 ** -24)
+    assert K.madd(acc, x, x) == np.float32(2.0 ** -24)                     # the Python-level function
+    # 1 + x * w = 1 + 2^-24 + 124463 * 2^-71, just above a float32 tie: rounding the exact sum to float64
+    # first lands on the tie, which then goes to the even neighbour 1.0; the correctly rounded result is the
+    # next float32 up (the emulation rounds to odd for this)
+    x, w = np.float32(8390641 * 2.0 ** -23), np.float32(16773151 * 2.0 ** -48)
+    assert np.float32(np.float64(x) * np.float64(w) + 1.0) == 1.0                # double rounding
+    assert _madd(1.0, x, w, emulated)[0] == np.float32(1 + 2.0 ** -23)
+
+
+finite32 = st.floats(-2.0 ** 60, 2.0 ** 60, width=32)         # subnormals included; products stay finite
+
+
+@given(acc=finite32, x=finite32, w=finite32, cancel=st.booleans())
+def test_madd_is_correctly_rounded(acc, x, w, cancel):
+    # both paths (the FMA instruction where this CPU has one, and the float64 emulation) against exact
+    # rational arithmetic; `cancel` puts acc next to -x*w, where a second rounding would show
+    if cancel:
+        acc = np.float32(-np.float32(x * w) + np.float32(acc) * np.float32(2.0 ** -30))
+    want = _correctly_rounded(acc, x, w)
+    for emulated in (False, True):
+        got = _madd(acc, x, w, emulated)[0]
+        assert got == want, (acc, x, w, emulated, got, want)
+
+
+@given(seed=seeds)
+def test_madd_paths_agree_bit_for_bit(seed):
+    # many values of every magnitude through both paths at once (the kernel loops vectorise this one): the
+    # same bits, signed zeros included
+    rng = np.random.default_rng(seed)
+    n = 4096
+    acc, x, w = ((rng.standard_normal(n) * 10.0 ** rng.integers(-20, 15, n)).astype(np.float32) for _ in range(3))
+    acc[: n // 4] = -(x[: n // 4] * w[: n // 4])                               # exact cancellations
+    acc[n // 4: n // 2] = 0
+    np.testing.assert_array_equal(_madd(acc, x, w, False).view(np.uint32), _madd(acc, x, w, True).view(np.uint32))
+
+
+@pytest.mark.parametrize("triple, features, expected", [
+    ("x86_64-unknown-linux-gnu", "+avx2,+f16c,+fma", True),
+    ("x86_64-unknown-linux-gnu", "+avx,+f16c,-fma", False),
+    ("aarch64-unknown-linux-gnu", "", True),
+    ("powerpc64le-unknown-linux-gnu", "", False),
+])
+def test_fma_path_choice(monkeypatch, triple, features, expected):
+    class Features:
+        def flatten(self):
+            return features
+    monkeypatch.setattr(K.llvm, "get_process_triple", lambda: triple)
+    monkeypatch.setattr(K.llvm, "get_host_cpu_features", lambda: Features())
+    assert K._fma_in_hardware() is expected
+
+
 # --- int8 recurrent weights ------------------------------------------------------------------------------------
 
 @given(seed=seeds, B=st.integers(1, 40), Kn=st.integers(1, 600), M=st.integers(1, 70), scale=scales)

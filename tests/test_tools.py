@@ -65,34 +65,3 @@ def test_hidden_fill_beats_the_mean_shape_on_real_faces(shared_data, tmp_path, c
     ours = float(lines[2].split(":")[1].split("%")[0])
     mean = float(lines[3].split(":")[1].split("%")[0])
     assert ours < 0.7 * mean, lines
-
-
-def test_fma_experiment_copy_allows_contraction_and_nothing_else(tmp_path):
-    from tools import fma_experiment as F
-    F.contract_copy(tmp_path)
-    copied = (tmp_path / "musica_ref" / "kernels.py").read_text()
-    assert F.IMPORT_LINE not in copied and F.CONTRACT in copied
-    assert sorted(p.name for p in (tmp_path / "musica_ref").glob("*.py")) == \
-        sorted(p.name for p in (F.ROOT / "musica_ref").glob("*.py"))
-    # the replacement decorator: fastmath {'contract'} in both of njit's forms, other options kept
-    ns = {}
-    exec(F.CONTRACT, ns)
-    bare = ns["njit"](lambda x: x * 2.0 + 1.0)
-    called = ns["njit"](cache=False, parallel=False)(lambda x: x * 2.0 + 1.0)
-    assert bare.targetoptions["fastmath"] == {"contract"} and called.targetoptions["fastmath"] == {"contract"}
-    assert called.targetoptions["parallel"] is False and bare(1.0) == 3.0 and called(2.0) == 5.0
-
-
-def test_fma_experiment_error_paths(tmp_path, monkeypatch):
-    from tools import fma_experiment as F
-    for bad in (["--batch", "0"], ["--rounds", "0"], ["--repeats", "0"]):
-        with pytest.raises(SystemExit, match="at least 1"):
-            F.main(bad)
-    with pytest.raises(SystemExit, match="no weights file"):
-        F.main(["--weights", str(tmp_path / "missing.h5")])
-    fake = tmp_path / "root"
-    (fake / "musica_ref").mkdir(parents=True)
-    (fake / "musica_ref" / "kernels.py").write_text("from numba import njit\n")
-    monkeypatch.setattr(F, "ROOT", fake)
-    with pytest.raises(SystemExit, match="expected one line"):
-        F.contract_copy(tmp_path / "copy")

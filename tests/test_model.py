@@ -191,3 +191,49 @@ def test_every_kernel_the_model_runs_is_cached_on_disk(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "", p.stdout
+
+
+def test_a_cpu_without_fma_gives_the_same_bits(tmp_path):
+    # On a CPU without fused multiply-add instructions kernels.madd computes the fused result in float64
+    # (test_kernels checks it value by value). Here the whole model runs in a fresh process that is told
+    # the CPU has no FMA (Numba then compiles for the host with FMA turned off, into its own cache), and
+    # its results must be bit for bit this process's.
+    import subprocess
+    import sys
+    w = m.random_weights(m.get_variant("musica19"), seed=3)
+    m.save_weights(tmp_path / "w.h5", w, dtype=np.float16)
+    img = face_image(5, 200, 220)
+    np.save(tmp_path / "img.npy", img)
+    boxes = [(50, 50, 150, 160), (40, 45, 160, 150)]
+
+    def run(model):
+        res = model.predict_batch(img, boxes)
+        _, trace = model.trace(img, boxes[0])
+        return np.concatenate([np.concatenate([r.history.ravel(), r.errors.ravel()]) for r in res]
+                              + [t["out"].ravel() for t in trace])
+
+    here = run(m.MuSiCa.load(tmp_path / "w.h5"))
+    code = (
+        "import numpy as np, llvmlite.binding as llvm\n"
+        "real = llvm.get_host_cpu_features().flatten()\n"
+        "class Features:\n"
+        "    def flatten(self):\n"
+        "        return real.replace('+fma,', '-fma,').replace('+fma', '-fma')\n"
+        "llvm.get_host_cpu_features = lambda: Features()\n"
+        "import musica_ref as m\n"
+        "from musica_ref import kernels\n"
+        "assert not kernels.FMA_IN_HARDWARE\n"
+        "img = np.load(r'%s')\n"
+        "model = m.MuSiCa.load(r'%s')\n"
+        "res = model.predict_batch(img, %r)\n"
+        "_, trace = model.trace(img, %r)\n"
+        "v = np.concatenate([np.concatenate([r.history.ravel(), r.errors.ravel()]) for r in res]\n"
+        "                   + [t['out'].ravel() for t in trace])\n"
+        "np.save(r'%s', v)\n"
+    ) % (tmp_path / "img.npy", tmp_path / "w.h5", boxes, boxes[0], tmp_path / "there.npy")
+    env = dict(__import__("os").environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    there = np.load(tmp_path / "there.npy")
+    assert here.dtype == there.dtype and here.shape == there.shape
+    np.testing.assert_array_equal(here.view(np.uint8), there.view(np.uint8))

@@ -522,7 +522,8 @@ def _fc_chunk(x, weight, r0, nr, c, acc, ks, xs):
     terms added in order to each output in one pass (eight row streams in flight for the memory system, each
     output loaded and stored once per eight rows); the chunk's rows stay in cache for the next input of the
     block. ks (int64) and xs (float32), at least FC_KCHUNK long, are scratch (the caller's, so that the
-    feature extractor allocates nothing per patch)."""
+    feature extractor allocates nothing per patch). Returns n, and ks[:n], xs[:n] list the non-zero inputs
+    of the last row (r = nr - 1) and their values, in order."""
     K, M = weight.shape
     k0, k1 = c * FC_KCHUNK, min(K, (c + 1) * FC_KCHUNK)
     for r in range(nr):
@@ -557,6 +558,7 @@ def _fc_chunk(x, weight, r0, nr, c, acc, ks, xs):
             kt, xt = ks[t], xs[t]
             for j in range(M):
                 acc[r, j] = madd(acc[r, j], xt, widen(weight[kt, j]))
+    return n
 
 
 @njit(parallel=True, cache=True)
@@ -756,6 +758,30 @@ def _pool1(c1, base, S, p1, Q1, rowmax):
             p1[o, q] = m if m > zero else zero
 
 
+# a group's pool1 output: row i of patch k's 6x6 at columns k * 7 .. k * 7 + 5 of a row GROUP_POOL_W wide
+GROUP_POOL_W = FEATURE_ITEM * 7
+
+
+@njit(cache=True)
+def _pool1_group(c1, n, p1g):
+    """ReLU + 2x2 max-pool of a whole group's conv1 (rows GROUP_W wide, the n patches side by side, see
+    GROUP_W) into p1g (C, 6 * GROUP_POOL_W): patch k's output (i, jj) at p1g[o, i * GROUP_POOL_W + k * 7 + jj].
+    Each output is ReLU(max of its 4 inputs), as in _pool1; the 7th column of each patch pools its two
+    conv1 columns that no patch uses and is never read. One loop over the group's row pair per output row
+    (long enough to vectorise)."""
+    zero = np.float32(0.0)
+    for o in range(p1g.shape[0]):
+        for i in range(6):
+            r0 = uint64(2 * i * GROUP_W)
+            r1 = r0 + uint64(GROUP_W)
+            q = uint64(i * GROUP_POOL_W)
+            for m in range(uint64(n * 7)):
+                a = max(c1[o, r0 + 2 * m], c1[o, r0 + 2 * m + 1])
+                b = max(c1[o, r1 + 2 * m], c1[o, r1 + 2 * m + 1])
+                v = max(a, b)
+                p1g[o, q + m] = v if v > zero else zero
+
+
 @njit(cache=True)
 def _add_row4(s0, s1, s2, s3, x0, x1, x2, x3, w):
     """One tap of conv2 for a row of 4 outputs: (s0 + x0 w, s1 + x1 w, s2 + x2 w, s3 + x3 w), each a fused
@@ -764,9 +790,10 @@ def _add_row4(s0, s1, s2, s3, x0, x1, x2, x3, w):
 
 
 @njit(cache=True)
-def _conv2(p1, w2f, b2, c2, Q1, S2):
+def _conv2(p1, base, Q1, w2f, b2, c2, S2):
     """conv2 + bias + ReLU: c2[(i * S2 + j) * C + o] = bias + sum over (c, di, dj) in order of
-    p1[c, (i + di) * Q1 + j + dj] * w2f[((c * 3 + di) * 3 + dj) * C + o]. p1 (C, Q1 * Q1) channel-major;
+    p1[c, base + (i + di) * Q1 + j + dj] * w2f[((c * 3 + di) * 3 + dj) * C + o]: the 6x6 input of channel c
+    at p1[c, base:], rows Q1 apart (6 for one patch's pool1, more where a group's patches lie side by side);
     w2f, c2 flat; S2 = 4 (a row of outputs is done at once).
     For each output row i and input channel c, the 4 outputs of the row and the 9 taps are a fixed unrolled
     sequence inside the vectorised o loop: each weight is loaded once for 4 outputs, and 4 independent sums
@@ -783,7 +810,7 @@ def _conv2(p1, w2f, b2, c2, Q1, S2):
         ob0 = uint64(i * S2 * C)                 # output (i, j) at c2[ob0 + j * C + o]
         ob1, ob2, ob3 = ob0 + uC, ob0 + uint64(2 * C), ob0 + uint64(3 * C)
         for c in range(C):
-            r0, r1, r2 = i * Q1, (i + 1) * Q1, (i + 2) * Q1
+            r0, r1, r2 = base + i * Q1, base + (i + 1) * Q1, base + (i + 2) * Q1
             a0, a1, a2, a3, a4, a5 = p1[c, r0], p1[c, r0 + 1], p1[c, r0 + 2], p1[c, r0 + 3], p1[c, r0 + 4], \
                 p1[c, r0 + 5]
             b0, b1, b2_, b3, b4, b5 = p1[c, r1], p1[c, r1 + 1], p1[c, r1 + 2], p1[c, r1 + 3], p1[c, r1 + 4], \
@@ -816,13 +843,14 @@ def _conv2(p1, w2f, b2, c2, Q1, S2):
 
 
 @njit(cache=True)
-def _gated_from_pool1(p1, Q1, w2f, b2, wa, ba, c2, feat, part, ks, xs, out):
-    """The rest of one patch after pool1 (C, Q1 * Q1): conv2 + ReLU -> maxpool2x2 -> crop_concat -> attention
-    -> sigmoid -> gate, into out (8C,). c2, feat, part, ks, xs are scratch (_tail_scratch)."""
+def _gated_from_pool1(p1, base, Q1, w2f, b2, wa, ba, c2, feat, part, ks, xs, out):
+    """The rest of one patch after pool1 (its 6x6 per channel at p1[c, base:], rows Q1 apart): conv2 + ReLU
+    -> maxpool2x2 -> crop_concat -> attention -> sigmoid -> gate, into out (8C,). c2, feat, part, ks, xs are
+    scratch (_tail_scratch)."""
     C = b2.shape[0]
     F = 8 * C
-    S2 = Q1 - 2                                    # conv2 output side (4)
-    _conv2(p1, w2f, b2, c2, Q1, S2)
+    S2 = 4                                         # conv2 output side
+    _conv2(p1, base, Q1, w2f, b2, c2, S2)
     # features = [centre 2x2 of conv2, pool2], (row, col, channel)
     for r in range(2):
         for cc in range(2):
@@ -835,15 +863,14 @@ def _gated_from_pool1(p1, Q1, w2f, b2, wa, ba, c2, feat, part, ks, xs, out):
     # attention = sigmoid(bias + partial): the partial is the fully connected kernel's own chunk sum (F = 8C
     # <= FC_KCHUNK inputs make one chunk, summed from 0 over the non-zero features); gate (a feature of 0
     # gives 0 whatever its attention, so its sigmoid is not computed)
-    zero = np.float32(0.0)
     one = np.float32(1.0)
-    _fc_chunk(feat.reshape((1, F)), wa, 0, 1, 0, part.reshape((1, F)), ks, xs)
+    n = _fc_chunk(feat.reshape((1, F)), wa, 0, 1, 0, part.reshape((1, F)), ks, xs)
     for j in range(F):
-        if feat[j] == zero:                        # 0 * sigmoid (finite, > 0) is +0 exactly: no exp needed
-            out[j] = zero
-        else:
-            s = ba[j] + part[j]
-            out[j] = feat[j] * (one / (one + np.exp(-s)))
+        out[j] = 0.0                               # 0 * sigmoid (finite, > 0) is +0 exactly: no exp needed
+    for t in range(n):                             # the non-zero features, listed by _fc_chunk
+        j = ks[t]
+        s = ba[j] + part[j]
+        out[j] = xs[t] * (one / (one + np.exp(-s)))
 
 
 @njit(cache=True)
@@ -890,9 +917,9 @@ def _tail_scratch(C):
 
 @njit(cache=True)
 def _group_scratch(C):
-    """Scratch of one work item of FEATURE_ITEM patches: (xt, c1, tail scratch)."""
+    """Scratch of one work item of FEATURE_ITEM patches: (xt, c1, p1g, tail scratch)."""
     return (np.zeros(CONV1_IN * GROUP_L, np.float32), np.empty((_conv1_rows(C), 12 * GROUP_W), np.float32),
-            _tail_scratch(C))
+            np.empty((C, 6 * GROUP_POOL_W), np.float32), _tail_scratch(C))
 
 
 @njit(cache=True)
@@ -902,14 +929,14 @@ def _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, p0):
     i * GROUP_W + j reads input (i + di) * GROUP_W + j + dj of each channel (the 2 last columns of each
     patch are computed and not read), so each block of 4 channels is a few long vector loops, not n short
     ones."""
-    xt, c1, tail = scratch
+    xt, c1, p1g, tail = scratch
     p1, c2, feat, part, rowmax, ks, xs = tail
     for o in range(0, w1t.shape[0], CONV1_OUT_BLOCK):
         _conv1_span(xt, w1t, b1, o, c1, uint64(GROUP_W), uint64(GROUP_L), uint64(0),
                     uint64(11 * GROUP_W + (n - 1) * 14 + 12))
+    _pool1_group(c1, n, p1g)
     for k in range(n):
-        _pool1(c1, k * 14, GROUP_W, p1, 6, rowmax)
-        _gated_from_pool1(p1, 6, w2f, b2, wa, ba, c2, feat, part, ks, xs, out[p0 + k])
+        _gated_from_pool1(p1g, k * 7, GROUP_POOL_W, w2f, b2, wa, ba, c2, feat, part, ks, xs, out[p0 + k])
 
 
 @njit(cache=True)
@@ -1067,7 +1094,7 @@ def _map_patches(c1, Wr, ylo, xlo, corners, p_lo, p_hi, w2f, b2, wa, ba, tail, o
     p1, c2, feat, part, rowmax, ks, xs = tail
     for p in range(p_lo, p_hi):
         _pool1(c1, (corners[p, 1] - ylo) * Wr + corners[p, 0] - xlo, Wr, p1, 6, rowmax)
-        _gated_from_pool1(p1, 6, w2f, b2, wa, ba, c2, feat, part, ks, xs, out[out0 + p])
+        _gated_from_pool1(p1, 0, 6, w2f, b2, wa, ba, c2, feat, part, ks, xs, out[out0 + p])
 
 
 @njit(parallel=True, cache=True)

@@ -530,12 +530,11 @@ def _fc_chunk(x, weight, r0, nr, c, acc, ks, xs):
         for j in range(M):
             acc[r, j] = 0.0
         n = 0
-        for k in range(k0, k1):
-            xv = x[r0 + r, k]
-            if xv != 0.0:
-                ks[n] = k
-                xs[n] = xv
-                n += 1
+        for k in range(k0, k1):                    # list the non-zero inputs without a branch (which
+            xv = x[r0 + r, k]                      # would be mispredicted for most of them)
+            ks[n] = k
+            xs[n] = xv
+            n += xv != 0.0
         q = 0
         while q + 8 <= n:
             ka, kb, kc, kd = ks[q], ks[q + 1], ks[q + 2], ks[q + 3]

@@ -689,6 +689,8 @@ def gate(features, attention):
 
 # patches per work item of patch_features; its conv1 takes exactly this many input channels (RGB)
 FEATURE_ITEM = 4
+# patch_features gives a task up to this many work items (one set of scratch buffers for them all)
+FEATURE_RUN = 8
 CONV1_IN = 3
 
 
@@ -975,17 +977,20 @@ def patch_features(patches, w1, b1, w2, b2, wa, ba):
                          "wa (8C, 8C), with biases to match")
     w1t, b1p, w2f = _conv_layouts(w1, b1, w2)
     gated = np.empty((BP, F), np.float32)
-    for t in prange((BP + FEATURE_ITEM - 1) // FEATURE_ITEM):
+    G = (BP + FEATURE_ITEM - 1) // FEATURE_ITEM
+    R = max(1, min(FEATURE_RUN, G // 16))          # work items per task: at least 16 tasks where there are
+    for u in prange((G + R - 1) // R):             # 16 items, each allocating its scratch once (~1 us)
         scratch = _group_scratch(C)
         xt = scratch[0]
-        p0 = t * FEATURE_ITEM
-        n = min(BP, p0 + FEATURE_ITEM) - p0
-        for k in range(n):
-            for r in range(S):
-                for cc in range(S):
-                    for c in range(Cin):
-                        xt[c * GROUP_L + r * GROUP_W + k * S + cc] = patches[p0 + k, r, cc, c]
-        _group_features(n, w1t, b1p, w2f, b2, wa, ba, scratch, gated, p0)
+        for t in range(u * R, min(G, (u + 1) * R)):
+            p0 = t * FEATURE_ITEM
+            n = min(BP, p0 + FEATURE_ITEM) - p0
+            for k in range(n):
+                for r in range(S):
+                    for cc in range(S):
+                        for c in range(Cin):
+                            xt[c * GROUP_L + r * GROUP_W + k * S + cc] = patches[p0 + k, r, cc, c]
+            _group_features(n, w1t, b1p, w2f, b2, wa, ba, scratch, gated, p0)
     return gated
 
 

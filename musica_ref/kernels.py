@@ -36,18 +36,25 @@ FC_GROUP_BLOCKS = 4
 # into float32, exactly in every case. x86 CPUs with F16C convert halves in one instruction (vcvtph2ps);
 # elsewhere the conversion is done with integer operations (the same values, bit for bit).
 
-def _half_in_hardware() -> bool:
-    """Whether LLVM turns `fpext half -> float` into one instruction here (else it may call a runtime
-    function that a JIT-ed kernel cannot always link): x86 with F16C, and 64-bit ARM (always has it)."""
+def _host_has(x86_feature: str) -> bool:
+    """Whether this CPU has an instruction set that 64-bit ARM always has and x86 may have (LLVM's name of
+    the x86 feature, e.g. "f16c", "fma"); False elsewhere or when the features are unknown (the portable
+    path is then taken)."""
     triple = llvm.get_process_triple()
     if triple.startswith(("aarch64", "arm64")):
         return True
     if not triple.startswith("x86"):
         return False
     try:
-        return "+f16c" in llvm.get_host_cpu_features().flatten().split(",")   # "-f16c" when absent
-    except RuntimeError:                              # features unknown: the portable path
+        return f"+{x86_feature}" in llvm.get_host_cpu_features().flatten().split(",")   # "-f16c" when absent
+    except RuntimeError:
         return False
+
+
+def _half_in_hardware() -> bool:
+    """Whether LLVM turns `fpext half -> float` into one instruction here (else it may call a runtime
+    function that a JIT-ed kernel cannot always link): x86 with F16C, and 64-bit ARM (always has it)."""
+    return _host_has("f16c")
 
 
 HALF_IN_HARDWARE = _half_in_hardware()
@@ -102,15 +109,7 @@ def _widen_impl(v):
 
 def _fma_in_hardware() -> bool:
     """Whether this CPU has fused multiply-add instructions (x86 FMA3; 64-bit ARM always has them)."""
-    triple = llvm.get_process_triple()
-    if triple.startswith(("aarch64", "arm64")):
-        return True
-    if not triple.startswith("x86"):
-        return False
-    try:
-        return "+fma" in llvm.get_host_cpu_features().flatten().split(",")
-    except RuntimeError:                              # features unknown: the portable path
-        return False
+    return _host_has("fma")
 
 
 FMA_IN_HARDWARE = _fma_in_hardware()

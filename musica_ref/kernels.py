@@ -516,11 +516,11 @@ def crop_concat(conv2, pool2):
 def _fc_chunk(x, weight, r0, nr, c, acc, ks, xs):
     """acc[r] = sum over k of chunk c (in order) of x[r0 + r, k] * weight[k], starting from 0, each term a fused
     multiply-add; inputs that are exactly 0 are skipped (adding 0 * w, w finite, leaves every partial sum as
-    it is, bit for bit). weight is float32, int8 or uint16 float16 bits (each element widened to float32 exactly: widen).
-    For each input, its nonzero inputs are listed first and their weight rows taken eight at a time: eight
-    terms added in order to each output in one pass (eight row streams in flight for the memory system, each
-    output loaded and stored once per eight rows); the chunk's rows stay in cache for the next input of the
-    block. ks (int64) and xs (float32), at least FC_KCHUNK long, are scratch (the caller's, so that the
+    it is, bit for bit). weight is float32, int8 or uint16 float16 bits (each element widened to float32
+    exactly: widen). For each input, its nonzero inputs are listed first and their weight rows taken eight
+    at a time: eight terms added in order to each output in one pass (eight row streams in flight for the
+    memory system, each output loaded and stored once per eight rows); the chunk's rows stay in cache for
+    the next input of the block. ks (int64) and xs (float32), at least FC_KCHUNK long, are scratch (the caller's, so that the
     feature extractor allocates nothing per patch). Returns n, and ks[:n], xs[:n] list the non-zero inputs
     of the last row (r = nr - 1) and their values, in order."""
     K, M = weight.shape

@@ -306,9 +306,9 @@ def _features_layer_by_layer(p, w1, b1, w2, b2, wa, ba):
 @given(seed=seeds, BP=st.integers(1, 11) | st.integers(500, 700), C=st.sampled_from([1, 4, 32]), scale=scales,
        bias_shift=st.sampled_from([-2.0, 0.0, 1.0]))
 def test_patch_features_is_bit_identical_to_the_layers(seed, BP, C, scale, bias_shift):
-    # (500-700 patches: the kernel's tasks then take several work items each, FEATURE_RUN)
     """The fused kernel reorders nothing that changes a result: equal to the layer-by-layer kernels bit for bit,
-    also when most ReLU outputs are 0 (negative biases) and the zero-skipping matters."""
+    also when most ReLU outputs are 0 (negative biases) and the zero-skipping matters, and with 500-700
+    patches, where the kernel's tasks take several work items each (FEATURE_RUN)."""
     rng = np.random.default_rng(seed)
     p = rnd(rng, (BP, 14, 14, 3), scale)
     w1, w2 = rnd(rng, (3, 3, 3, C)), rnd(rng, (3, 3, C, C))
@@ -433,7 +433,6 @@ def test_widen_reads_every_finite_float16_exactly(integer):
     np.testing.assert_array_equal(got.view(np.uint32), bits.view(np.float16).astype(np.float32).view(np.uint32))
 
 
-
 @pytest.mark.parametrize("choice, triple, features, expected", [
     ("half", "x86_64-unknown-linux-gnu", "+avx2,+f16c,+fma", True),
     ("half", "x86_64-unknown-linux-gnu", "+avx2,-f16c,+fma", False),       # absent features are listed with "-"
@@ -455,6 +454,7 @@ def test_hardware_path_choices(monkeypatch, choice, triple, features, expected):
     monkeypatch.setattr(K.llvm, "get_process_triple", lambda: triple)
     monkeypatch.setattr(K.llvm, "get_host_cpu_features", lambda: Features())
     assert {"half": K._half_in_hardware, "fma": K._fma_in_hardware}[choice]() is expected
+
 
 @given(seed=seeds, B=st.integers(1, 40), Kn=st.integers(1, 600), M=st.integers(1, 70), scale=scales)
 def test_fully_connected_float16_bits_equal_float32(seed, B, Kn, M, scale):

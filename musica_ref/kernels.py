@@ -520,9 +520,9 @@ def _fc_chunk(x, weight, r0, nr, c, acc, ks, xs):
     exactly: widen). For each input, its nonzero inputs are listed first and their weight rows taken eight
     at a time: eight terms added in order to each output in one pass (eight row streams in flight for the
     memory system, each output loaded and stored once per eight rows); the chunk's rows stay in cache for
-    the next input of the block. ks (int64) and xs (float32), at least FC_KCHUNK long, are scratch (the caller's, so that the
-    feature extractor allocates nothing per patch). Returns n, and ks[:n], xs[:n] list the non-zero inputs
-    of the last row (r = nr - 1) and their values, in order."""
+    the next input of the block. ks (int64) and xs (float32), at least FC_KCHUNK long, are scratch (the
+    caller's, so that the feature extractor allocates nothing per patch). Returns n, and ks[:n], xs[:n] list
+    the non-zero inputs of the last row (r = nr - 1) and their values, in order."""
     K, M = weight.shape
     k0, k1 = c * FC_KCHUNK, min(K, (c + 1) * FC_KCHUNK)
     for r in range(nr):

@@ -1,6 +1,7 @@
 """The whole cascade: Numba engine vs the float64 NumPy reference, batch == single, threads, early exit."""
 import math
 
+import llvmlite.binding as llvm
 import numba
 import numpy as np
 import pytest
@@ -193,11 +194,15 @@ def test_every_kernel_the_model_runs_is_cached_on_disk(tmp_path):
     assert p.stdout.strip() == "", p.stdout
 
 
+@pytest.mark.skipif(not llvm.get_process_triple().startswith("x86"),
+                    reason="only x86 CPUs may lack FMA (64-bit ARM always has it), so only there can a process be "
+                           "told it has none")
 def test_a_cpu_without_fma_gives_the_same_bits(tmp_path):
     # On a CPU without fused multiply-add instructions kernels.madd computes the fused result in float64
     # (test_kernels checks it value by value). Here the whole model runs in a fresh process that is told
     # the CPU has no FMA (Numba then compiles for the host with FMA turned off, into its own cache), and
     # its results must be bit for bit this process's.
+    import os
     import subprocess
     import sys
     w = m.random_weights(m.get_variant("musica19"), seed=3)
@@ -231,7 +236,7 @@ def test_a_cpu_without_fma_gives_the_same_bits(tmp_path):
         "                   + [t['out'].ravel() for t in trace])\n"
         "np.save(r'%s', v)\n"
     ) % (tmp_path / "img.npy", tmp_path / "w.h5", boxes, boxes[0], tmp_path / "there.npy")
-    env = dict(__import__("os").environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     there = np.load(tmp_path / "there.npy")

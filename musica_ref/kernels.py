@@ -18,6 +18,7 @@ import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types, uint64
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 # The fully connected kernel sums its K inputs in fixed chunks of FC_KCHUNK, and each work item reuses a
@@ -163,6 +164,41 @@ def _madd_impl(acc, x, w):
 
 
 # --- image resampling ---------------------------------------------------------------------------------------
+
+# --- work taken in turn by the threads ----------------------------------------------------------------------
+#
+# prange splits a loop's iterations between the threads in equal contiguous shares, fixed before they start;
+# when one thread runs slower (its core shared with another process, or costlier items in its share), the
+# others wait for it at the end. The kernels whose loops are long or uneven let every thread take the next
+# work item as soon as it is done with one, from a shared counter (_take):
+#
+#     nxt = np.zeros(1, np.int64)
+#     for _ in prange(n):            # n slots; each thread's first slot takes items until none is left,
+#         t = _take(nxt)             # its other slots find none
+#         if t < n:
+#             ... scratch for this thread ...
+#             while t < n:
+#                 ... work item t ...
+#                 t = _take(nxt)
+#
+# Which thread computes an item never changes its result (each item's arithmetic is fixed), so this keeps
+# every result bit for bit.
+
+@intrinsic
+def _take(typingctx, counter):
+    """counter[0] += 1 as one atomic operation (LLVM's atomicrmw add), returning the value before: the number
+    of the next work item, each number handed out once whatever the threads do. counter: int64 array."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, value=args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [context.get_constant(types.intp, 0)],
+                                       wraparound=False)
+        return builder.atomic_rmw("add", ptr, context.get_constant(types.int64, 1), "monotonic")
+    return types.int64(counter), codegen
+
 
 @njit(cache=True)
 def _tri_cdf(s):
@@ -321,13 +357,17 @@ def resample_many(image, origins_x, origins_y, steps, data, offsets, shapes):
         raise ValueError("resample_many: one origin, step, offset and (h, w) per output")
     for i in range(J):
         _slot(data, offsets[i], shapes[i, 0], shapes[i, 1], C)          # raises if it does not fit
-    for i in prange(J):
-        out_h, out_w = shapes[i, 0], shapes[i, 1]
-        fx, wx, fy, wy, c_lo, n = _resample_setup(image, origins_x[i], origins_y[i], steps[i], out_h, out_w)
-        if n > 0:
-            flat = data[offsets[i]:offsets[i] + out_h * out_w * C].reshape((out_h, out_w * C))
-            for tile in range((out_h + RESAMPLE_ROWS - 1) // RESAMPLE_ROWS):
-                _resample_tile(rows, C, fx, wx, fy, wy, c_lo, n, flat, tile)
+    nxt = np.zeros(1, np.int64)
+    for _ in prange(J):                                  # the resamplings taken in turn (_take)
+        i = _take(nxt)
+        while i < J:
+            out_h, out_w = shapes[i, 0], shapes[i, 1]
+            fx, wx, fy, wy, c_lo, n = _resample_setup(image, origins_x[i], origins_y[i], steps[i], out_h, out_w)
+            if n > 0:
+                flat = data[offsets[i]:offsets[i] + out_h * out_w * C].reshape((out_h, out_w * C))
+                for tile in range((out_h + RESAMPLE_ROWS - 1) // RESAMPLE_ROWS):
+                    _resample_tile(rows, C, fx, wx, fy, wy, c_lo, n, flat, tile)
+            i = _take(nxt)
 
 
 # mean_std sums in this many interleaved partial sums
@@ -402,12 +442,16 @@ def normalise_pyramids(data, offsets, sizes):
         for L in range(n_levels):
             if offsets[f, L] < 0 or sizes[f, L] < 1 or offsets[f, L] + sizes[f, L] > data.shape[0]:
                 raise ValueError("normalise_pyramids: a level lies outside the buffer")
-    for f in prange(F):
-        o0 = offsets[f, 0]
-        mean, std = _level0_stats(data[o0:o0 + sizes[f, 0]])
-        for L in range(n_levels):
-            o = offsets[f, L]
-            _normalise(data[o:o + sizes[f, L]], mean, std)
+    nxt = np.zeros(1, np.int64)
+    for _ in prange(F):                                  # the faces taken in turn (_take)
+        f = _take(nxt)
+        while f < F:
+            o0 = offsets[f, 0]
+            mean, std = _level0_stats(data[o0:o0 + sizes[f, 0]])
+            for L in range(n_levels):
+                o = offsets[f, L]
+                _normalise(data[o:o + sizes[f, L]], mean, std)
+            f = _take(nxt)
 
 
 # --- patches --------------------------------------------------------------------------------------------------
@@ -591,15 +635,18 @@ def _fully_connected(x, weight, bias, scale, scaled):
                         for j in range(M):
                             out[r0 + r, j] += acc[rb, r, j]
     else:
-        # partial sums, one per chunk, summed in order after; the tasks go chunk-major, so a thread's
-        # contiguous share of them takes each of its chunks for every block in turn, and the chunk's weights
-        # come from memory once and from the cache for the other blocks
+        # partial sums, one per chunk, summed in order after
         part = np.empty((n_kc, B, M), np.float32)
-        for t in prange(n_rb * n_kc):
-            c = t // n_rb
-            r0 = (t % n_rb) * FC_ROWS
-            _fc_chunk(x, weight, r0, min(B, r0 + FC_ROWS) - r0, c, part[c, r0:], np.empty(FC_KCHUNK, np.int64),
-                      np.empty(FC_KCHUNK, np.float32))
+        nxt = np.zeros(1, np.int64)
+        for _ in prange(n_kc):                  # the chunks taken in turn (_take), each for every block, so its
+            c = _take(nxt)                      # weights come from memory once and from the cache after
+            if c < n_kc:
+                ks, xs = np.empty(FC_KCHUNK, np.int64), np.empty(FC_KCHUNK, np.float32)
+                while c < n_kc:
+                    for rb in range(n_rb):
+                        r0 = rb * FC_ROWS
+                        _fc_chunk(x, weight, r0, min(B, r0 + FC_ROWS) - r0, c, part[c, r0:], ks, xs)
+                    c = _take(nxt)
         for b in prange(B):
             for j in range(M):
                 out[b, j] = start[j]
@@ -622,8 +669,8 @@ def fully_connected(x, weight, bias):
     and the order depend on K only, never on the batch size or the thread count, so results are
     bit-identical however the work is split. A block of FC_ROWS inputs streams each weight row once,
     contiguously, and reuses it for all of them (vectorised along the M outputs); inputs equal to 0 (most of
-    the ReLU features) skip their row. Up to FC_GROUP_BLOCKS blocks: the (chunk, block) tasks run in
-    parallel, chunk-major, and the chunks' partial sums are added after; from two groups of FC_GROUP_BLOCKS
+    the ReLU features) skip their row. Up to FC_GROUP_BLOCKS blocks: the chunks run in parallel (taken in
+    turn by the threads, each for every block), and the chunks' partial sums are added after; from two groups of FC_GROUP_BLOCKS
     blocks up, the groups run in parallel, each adding its chunks in order, one chunk at a time for all its
     blocks. Either way a chunk's weights come from memory once per thread or group and from the cache for
     the other blocks. (Splitting the outputs into column blocks instead was about 7x slower at 16-32 inputs on the
@@ -688,8 +735,6 @@ def gate(features, attention):
 
 # patches per work item of patch_features; its conv1 takes exactly this many input channels (RGB)
 FEATURE_ITEM = 4
-# patch_features gives a task up to this many work items (one set of scratch buffers for them all)
-FEATURE_RUN = 8
 CONV1_IN = 3
 
 
@@ -977,19 +1022,22 @@ def patch_features(patches, w1, b1, w2, b2, wa, ba):
     w1t, b1p, w2f = _conv_layouts(w1, b1, w2)
     gated = np.empty((BP, F), np.float32)
     G = (BP + FEATURE_ITEM - 1) // FEATURE_ITEM
-    R = max(1, min(FEATURE_RUN, G // 16))          # work items per task: at least 16 tasks where there are
-    for u in prange((G + R - 1) // R):             # 16 items, each allocating its scratch once (~1 us)
-        scratch = _group_scratch(C)
-        xt = scratch[0]
-        for t in range(u * R, min(G, (u + 1) * R)):
-            p0 = t * FEATURE_ITEM
-            n = min(BP, p0 + FEATURE_ITEM) - p0
-            for k in range(n):
-                for r in range(S):
-                    for cc in range(S):
-                        for c in range(Cin):
-                            xt[c * GROUP_L + r * GROUP_W + k * S + cc] = patches[p0 + k, r, cc, c]
-            _group_features(n, w1t, b1p, w2f, b2, wa, ba, scratch, gated, p0)
+    nxt = np.zeros(1, np.int64)
+    for _ in prange(G):                            # the work items taken in turn (_take); a thread allocates
+        t = _take(nxt)                             # its scratch once (~1 us), not once per item
+        if t < G:
+            scratch = _group_scratch(C)
+            xt = scratch[0]
+            while t < G:
+                p0 = t * FEATURE_ITEM
+                n = min(BP, p0 + FEATURE_ITEM) - p0
+                for k in range(n):
+                    for r in range(S):
+                        for cc in range(S):
+                            for c in range(Cin):
+                                xt[c * GROUP_L + r * GROUP_W + k * S + cc] = patches[p0 + k, r, cc, c]
+                _group_features(n, w1t, b1p, w2f, b2, wa, ba, scratch, gated, p0)
+                t = _take(nxt)
     return gated
 
 
@@ -1119,21 +1167,36 @@ def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out):
     w1t, b1p, w2f = _conv_layouts(w1, b1, w2)
     ylo, xlo, Hm, Wm, run0, run1 = _conv1_map_plan(corners)
     G = (P + FEATURE_ITEM - 1) // FEATURE_ITEM
+    nxt = np.zeros(2, np.int64)                          # the next work item of each parallel loop (_take)
     if run0.shape[0] == 0:                               # one by one
-        for t in prange(G):
-            p0 = t * FEATURE_ITEM
-            _level_group(level, corners, p0, min(P, p0 + FEATURE_ITEM) - p0, w1t, b1p, w2f, b2, wa, ba,
-                         _group_scratch(C), out, 0)
+        for _ in prange(G):
+            t = _take(nxt[0:])
+            if t < G:
+                scratch = _group_scratch(C)
+                while t < G:
+                    p0 = t * FEATURE_ITEM
+                    _level_group(level, corners, p0, min(P, p0 + FEATURE_ITEM) - p0, w1t, b1p, w2f, b2, wa, ba,
+                                 scratch, out, 0)
+                    t = _take(nxt[0:])
         return False
     xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
     Wr = Wm + 2
     c1 = np.empty((_conv1_rows(C), Hm * Wr), np.float32)  # conv1 map, rows of width Wr; only the spans written
-    for g in prange(w1t.shape[0] // CONV1_OUT_BLOCK):
-        _map_channels(xin, Lr, Wr, run0, run1, w1t, b1p, c1, g * CONV1_OUT_BLOCK)
-    for t in prange(G):
-        p0 = t * FEATURE_ITEM
-        _map_patches(c1, Wr, ylo, xlo, corners, p0, min(P, p0 + FEATURE_ITEM), w2f, b2, wa, ba,
-                     _tail_scratch(C), out, 0)
+    ng = w1t.shape[0] // CONV1_OUT_BLOCK
+    for _ in prange(ng):
+        g = _take(nxt[0:])
+        while g < ng:
+            _map_channels(xin, Lr, Wr, run0, run1, w1t, b1p, c1, g * CONV1_OUT_BLOCK)
+            g = _take(nxt[0:])
+    for _ in prange(G):
+        t = _take(nxt[1:])
+        if t < G:
+            tail = _tail_scratch(C)
+            while t < G:
+                p0 = t * FEATURE_ITEM
+                _map_patches(c1, Wr, ylo, xlo, corners, p0, min(P, p0 + FEATURE_ITEM), w2f, b2, wa, ba, tail,
+                             out, 0)
+                t = _take(nxt[1:])
     return True
 
 
@@ -1157,21 +1220,34 @@ def levels_patch_features(data, offsets, shapes, corners, w1, b1, w2, b2, wa, ba
                              "patch_features")
     w1t, b1p, w2f = _conv_layouts(w1, b1, w2)
     shared = np.zeros(B, np.int64)
-    for b in prange(B):
-        level = data[offsets[b]:offsets[b] + shapes[b, 0] * shapes[b, 1] * shapes[b, 2]].reshape(
-            (shapes[b, 0], shapes[b, 1], shapes[b, 2]))
-        ylo, xlo, Hm, Wm, run0, run1 = _conv1_map_plan(corners[b])
-        if run0.shape[0] == 0:                           # one by one, FEATURE_ITEM at a time
+    nxt = np.zeros(1, np.int64)
+    for _ in prange(B):                                  # the faces taken in turn (_take)
+        b = _take(nxt)
+        if b < B:
             scratch = _group_scratch(C)
-            for p0 in range(0, P, FEATURE_ITEM):
-                _level_group(level, corners[b], p0, min(P, p0 + FEATURE_ITEM) - p0, w1t, b1p, w2f, b2, wa, ba,
-                             scratch, out, b * P)
-        else:
-            shared[b] = 1
-            xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
-            Wr = Wm + 2
-            c1 = np.empty((_conv1_rows(C), Hm * Wr), np.float32)
-            for o in range(0, w1t.shape[0], CONV1_OUT_BLOCK):
-                _map_channels(xin, Lr, Wr, run0, run1, w1t, b1p, c1, o)
-            _map_patches(c1, Wr, ylo, xlo, corners[b], 0, P, w2f, b2, wa, ba, _tail_scratch(C), out, b * P)
+            while b < B:
+                shared[b] = _face_patch_features(data, offsets[b], shapes[b], corners[b], w1t, b1p, w2f, b2, wa,
+                                                 ba, scratch, out, b * P)
+                b = _take(nxt)
     return shared.sum()
+
+
+@njit(cache=True)
+def _face_patch_features(data, offset, shape, corners, w1t, b1p, w2f, b2, wa, ba, scratch, out, out0):
+    """One face of levels_patch_features on one thread, into out[out0:]: its level (shape (H, W, 3)) at
+    data[offset:], its patches' corners (P, 2). Returns whether conv1 was shared."""
+    P = corners.shape[0]
+    level = data[offset:offset + shape[0] * shape[1] * shape[2]].reshape((shape[0], shape[1], shape[2]))
+    ylo, xlo, Hm, Wm, run0, run1 = _conv1_map_plan(corners)
+    if run0.shape[0] == 0:                               # one by one, FEATURE_ITEM at a time
+        for p0 in range(0, P, FEATURE_ITEM):
+            _level_group(level, corners, p0, min(P, p0 + FEATURE_ITEM) - p0, w1t, b1p, w2f, b2, wa, ba, scratch,
+                         out, out0)
+        return False
+    xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
+    Wr = Wm + 2
+    c1 = np.empty((_conv1_rows(b2.shape[0]), Hm * Wr), np.float32)
+    for o in range(0, w1t.shape[0], CONV1_OUT_BLOCK):
+        _map_channels(xin, Lr, Wr, run0, run1, w1t, b1p, c1, o)
+    _map_patches(c1, Wr, ylo, xlo, corners, 0, P, w2f, b2, wa, ba, scratch[3], out, out0)
+    return True

@@ -308,7 +308,7 @@ def _features_layer_by_layer(p, w1, b1, w2, b2, wa, ba):
 def test_patch_features_is_bit_identical_to_the_layers(seed, BP, C, scale, bias_shift):
     """The fused kernel reorders nothing that changes a result: equal to the layer-by-layer kernels bit for bit,
     also when most ReLU outputs are 0 (negative biases) and the zero-skipping matters, and with 500-700
-    patches, where the kernel's tasks take several work items each (FEATURE_RUN)."""
+    patches, where each thread takes many work items in turn (kernels._take)."""
     rng = np.random.default_rng(seed)
     p = rnd(rng, (BP, 14, 14, 3), scale)
     w1, w2 = rnd(rng, (3, 3, 3, C)), rnd(rng, (3, 3, C, C))

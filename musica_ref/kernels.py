@@ -313,24 +313,25 @@ def resample(image, origin_x, origin_y, step, out_h, out_w):
     """
     if out_h < 1 or out_w < 1:
         raise ValueError("resample: step must be > 0 and the output at least 1x1")
-    out = np.zeros((out_h, out_w, image.shape[2]), np.float32)
+    out = np.empty((out_h, out_w, image.shape[2]), np.float32)
     resample_into(image, origin_x, origin_y, step, out)
     return out
 
 
 @njit(parallel=True, cache=True)
 def resample_into(image, origin_x, origin_y, step, out):
-    """resample(image, origin_x, origin_y, step, H, W) written into out (H, W, C) float32, which the caller
-    has filled with zeros (outputs that see no source pixel are not written)."""
+    """resample(image, origin_x, origin_y, step, H, W) written into out (H, W, C) float32 (every output is
+    written: its previous contents do not matter)."""
     H, W, C = image.shape
     out_h, out_w = out.shape[0], out.shape[1]
     if out.shape[2] != C:
         raise ValueError("resample: the output needs the image's channels")
     fx, wx, fy, wy, c_lo, n = _resample_setup(image, origin_x, origin_y, step, out_h, out_w)
-    if n == 0:
+    flat = out.reshape(out_h, out_w * C)
+    if n == 0:                                       # no source column under the output: all zeros
+        flat[:, :] = 0.0
         return
     rows = np.ascontiguousarray(image).reshape(H, W * C)
-    flat = out.reshape(out_h, out_w * C)
     for tile in prange((out_h + RESAMPLE_ROWS - 1) // RESAMPLE_ROWS):
         _resample_tile(rows, C, fx, wx, fy, wy, c_lo, n, flat, tile)
 
@@ -346,7 +347,7 @@ def _slot(data, offset, h, w, c):
 @njit(parallel=True, cache=True)
 def resample_many(image, origins_x, origins_y, steps, data, offsets, shapes):
     """Many resamplings of one image at once, one per thread at a time, into slots of one flat float32 buffer
-    data that the caller has filled with zeros: data[offsets[i]:] holds output i as (shapes[i, 0],
+    data (every value of a slot is written): data[offsets[i]:] holds output i as (shapes[i, 0],
     shapes[i, 1], C) = resample(image, origins_x[i], origins_y[i], steps[i], shapes[i, 0], shapes[i, 1]),
     bit for bit (the same tiles in the same order). offsets (J,) and shapes (J, 2) int64."""
     H, W, C = image.shape
@@ -363,10 +364,11 @@ def resample_many(image, origins_x, origins_y, steps, data, offsets, shapes):
         while i < J:
             out_h, out_w = shapes[i, 0], shapes[i, 1]
             fx, wx, fy, wy, c_lo, n = _resample_setup(image, origins_x[i], origins_y[i], steps[i], out_h, out_w)
-            if n > 0:
-                flat = data[offsets[i]:offsets[i] + out_h * out_w * C].reshape((out_h, out_w * C))
-                for tile in range((out_h + RESAMPLE_ROWS - 1) // RESAMPLE_ROWS):
-                    _resample_tile(rows, C, fx, wx, fy, wy, c_lo, n, flat, tile)
+            flat = data[offsets[i]:offsets[i] + out_h * out_w * C].reshape((out_h, out_w * C))
+            if n == 0:                               # no source column under the output: all zeros
+                flat[:, :] = 0.0
+            for tile in range((out_h + RESAMPLE_ROWS - 1) // RESAMPLE_ROWS if n > 0 else 0):
+                _resample_tile(rows, C, fx, wx, fy, wy, c_lo, n, flat, tile)
             i = _take(nxt)
 
 

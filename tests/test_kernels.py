@@ -261,7 +261,8 @@ def test_kernels_refuse_mismatched_shapes_instead_of_reading_out_of_bounds():
 @given(seed=seeds, n=st.integers(1, 5), dtype=st.sampled_from([np.uint8, np.float32]))
 def test_resample_many_equals_resample(seed, n, dtype):
     """Many resamplings of one image in one call, one per thread: each the same bits as resample alone
-    (grids partly or wholly outside the image, shrinking and enlarging)."""
+    (grids partly or wholly outside the image, shrinking and enlarging). Every value of a slot is written
+    (the buffer starts as NaN), nothing outside them."""
     rng = np.random.default_rng(seed)
     img = (rng.uniform(0, 255, (23, 31, 3))).astype(dtype)
     ox, oy = rng.uniform(-40, 50, n), rng.uniform(-40, 40, n)
@@ -269,15 +270,16 @@ def test_resample_many_equals_resample(seed, n, dtype):
     shapes = [(int(rng.integers(1, 40)), int(rng.integers(1, 40))) for _ in range(n)]
     sizes = [h * w * 3 for h, w in shapes]
     offsets = np.cumsum([5] + sizes[:-1]).astype(np.int64)          # slots after a gap of 5 values
-    data = np.zeros(5 + sum(sizes) + 7, np.float32)
+    data = np.full(5 + sum(sizes) + 7, np.nan, np.float32)
     K.resample_many(img, ox, oy, step, data, offsets, np.array(shapes, np.int64))
     for i, (h, w) in enumerate(shapes):
         got = data[offsets[i]:offsets[i] + sizes[i]].reshape(h, w, 3)
+        assert not np.isnan(got).any()
         np.testing.assert_array_equal(got, K.resample(img, ox[i], oy[i], step[i], h, w))
-        into = np.zeros((h, w, 3), np.float32)
+        into = np.full((h, w, 3), np.nan, np.float32)
         K.resample_into(img, ox[i], oy[i], step[i], into)
         np.testing.assert_array_equal(into, got)
-    assert not data[:5].any() and not data[-7:].any()                # nothing written outside the slots
+    assert np.isnan(data[:5]).all() and np.isnan(data[-7:]).all()    # nothing written outside the slots
 
 
 def test_resample_many_rejects_slots_outside_the_buffer():

@@ -19,6 +19,7 @@ import scipy.signal as sig
 from hypothesis import given
 from scipy.integrate import quad
 from hypothesis import strategies as st
+import numba
 from numba import njit
 
 from musica_ref import kernels as K
@@ -536,6 +537,40 @@ def test_madd_paths_agree_bit_for_bit(seed):
     acc[: n // 4] = -(x[: n // 4] * w[: n // 4])        # acc = -round(x w): the result is the rounding error
     acc[n // 4: n // 2] = 0
     np.testing.assert_array_equal(_madd(acc, x, w, False).view(np.uint32), _madd(acc, x, w, True).view(np.uint32))
+
+
+# --- work taken in turn by the threads ------------------------------------------------------------------------
+
+@njit(parallel=True)
+def _claims(n, work):
+    """How many times each of n items is taken when every thread takes items in turn (kernels._take), each
+    item doing `work` steps of busy arithmetic (so that the threads overlap)."""
+    taken = np.zeros(n, np.int64)
+    nxt = np.zeros(1, np.int64)
+    for _ in numba.prange(n):
+        t = K._take(nxt)
+        while t < n:
+            s = 0.0
+            for i in range(work):
+                s += np.sqrt(i + t)
+            taken[t] += 1 if s >= 0.0 else 2
+            t = K._take(nxt)
+    return taken
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_take_hands_out_every_item_exactly_once(threads):
+    """Every work item is taken once and only once, however many threads race for the counter (an increment
+    that is not atomic hands some items out twice and skips others; the items here are short, so the
+    threads take from the counter thousands of times at once)."""
+    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        for n, work in ((1, 10), (7, 1000), (20000, 0), (20000, 20)):
+            np.testing.assert_array_equal(_claims(n, work), np.ones(n, np.int64))
+    finally:
+        numba.set_num_threads(before)
 
 
 # --- int8 recurrent weights ------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 """The evaluation and analysis tools run end to end on a tiny synthetic set (no PyTorch, no real data)."""
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import musica_ref as m
-from tools import analyses, evaluate
+from tools import analyses, evaluate, time_predict
 
 from conftest import synthetic_folder
 
@@ -65,3 +66,14 @@ def test_hidden_fill_beats_the_mean_shape_on_real_faces(shared_data, tmp_path, c
     ours = float(lines[2].split(":")[1].split("%")[0])
     mean = float(lines[3].split(":")[1].split("%")[0])
     assert ours < 0.7 * mean, lines
+
+
+def test_time_predict_without_fresh_processes(capsys):
+    """--fresh 0 times the warm calls only (it used to fail on an empty list); bad counts are refused."""
+    w = str(Path(__file__).resolve().parents[1] / "weights" / "musica19.h5")
+    time_predict.main(["--weights", w, "--repeats", "2", "--fresh", "0"])
+    out = capsys.readouterr().out
+    assert "warm predict" in out and "over 2 calls" in out and "new process" not in out
+    for bad in (["--repeats", "0"], ["--fresh", "-1"]):
+        with pytest.raises(SystemExit):
+            time_predict.main(["--weights", w, *bad])

@@ -28,6 +28,9 @@ FC_KCHUNK = 256
 # with at least two groups of FC_GROUP_BLOCKS blocks of FC_ROWS inputs, fully_connected runs the groups in
 # parallel, else the chunks
 FC_GROUP_BLOCKS = 4
+# a layer with at most this many weights runs on the calling thread only: waking a waiting thread (with
+# passive OpenMP waiting, 20-60 us on the development machine) costs more than the layer's work
+FC_SERIAL_WEIGHTS = 2 ** 17
 
 
 # --- weight storage -----------------------------------------------------------------------------------------
@@ -605,6 +608,25 @@ def _fc_chunk(x, weight, r0, nr, c, acc, ks, xs):
     return n
 
 
+@njit(cache=True)
+def _fc_chunk_blocks(x, weight, c, part, ks, xs):
+    """Chunk c's partial sums of every block of FC_ROWS inputs into part[c] (_fc_chunk)."""
+    B = x.shape[0]
+    for r0 in range(0, B, FC_ROWS):
+        _fc_chunk(x, weight, r0, min(B, r0 + FC_ROWS) - r0, c, part[c, r0:], ks, xs)
+
+
+@njit(cache=True)
+def _fc_sum_chunks(start, part, out, b):
+    """out[b] = start + part[0, b] + part[1, b] + ..., in chunk order."""
+    M = out.shape[1]
+    for j in range(M):
+        out[b, j] = start[j]
+    for c in range(part.shape[0]):
+        for j in range(M):
+            out[b, j] += part[c, b, j]
+
+
 @njit(parallel=True, cache=True)
 def _fully_connected(x, weight, bias, scale, scaled):
     """fully_connected (scaled=False: scale unused) and fully_connected_scaled (scaled=True)."""
@@ -639,22 +661,25 @@ def _fully_connected(x, weight, bias, scale, scaled):
     else:
         # partial sums, one per chunk, summed in order after
         part = np.empty((n_kc, B, M), np.float32)
-        nxt = np.zeros(1, np.int64)
-        for _ in prange(n_kc):                  # the chunks taken in turn (_take), each for every block, so its
-            c = _take(nxt)                      # weights come from memory once and from the cache after
-            if c < n_kc:
-                ks, xs = np.empty(FC_KCHUNK, np.int64), np.empty(FC_KCHUNK, np.float32)
-                while c < n_kc:
-                    for rb in range(n_rb):
-                        r0 = rb * FC_ROWS
-                        _fc_chunk(x, weight, r0, min(B, r0 + FC_ROWS) - r0, c, part[c, r0:], ks, xs)
-                    c = _take(nxt)
-        for b in prange(B):
-            for j in range(M):
-                out[b, j] = start[j]
+        if K * M <= FC_SERIAL_WEIGHTS:          # a small layer: on this thread (waking another costs more)
+            ks, xs = np.empty(FC_KCHUNK, np.int64), np.empty(FC_KCHUNK, np.float32)
             for c in range(n_kc):
-                for j in range(M):
-                    out[b, j] += part[c, b, j]
+                _fc_chunk_blocks(x, weight, c, part, ks, xs)
+        else:
+            nxt = np.zeros(1, np.int64)
+            for _ in prange(n_kc):              # the chunks taken in turn (_take), each for every block, so its
+                c = _take(nxt)                  # weights come from memory once and from the cache after
+                if c < n_kc:
+                    ks, xs = np.empty(FC_KCHUNK, np.int64), np.empty(FC_KCHUNK, np.float32)
+                    while c < n_kc:
+                        _fc_chunk_blocks(x, weight, c, part, ks, xs)
+                        c = _take(nxt)
+        if B > FC_ROWS:
+            for b in prange(B):
+                _fc_sum_chunks(start, part, out, b)
+        else:                                   # a few rows: on this thread
+            for b in range(B):
+                _fc_sum_chunks(start, part, out, b)
     if scaled:
         for b in range(B):
             for j in range(M):

@@ -49,30 +49,29 @@ class Pyramids:
 
     def fill(self, image, faces) -> None:
         """Compute the pyramids of `faces` (indices, all in `image` (H, W, 3) uint8 or float32), bit for bit
-        the same however they are grouped: one face splits each resampling's rows between the threads; more
-        faces go one resampling (then one face's normalisation) per thread at a time."""
+        the same however they are grouped: the resamplings (3 per face) are taken in turn by the threads,
+        then the faces' normalisations (one face: on this thread)."""
         faces = np.asarray(list(faces), np.int64)
-        if len(faces) == 1:
+        if len(faces) == 0:
+            return
+        grids = [self.grids[f][L] for f in faces for L in range(N_LEVELS)]
+        kernels.resample_many(image, np.array([o[0] for o, _, _ in grids], np.float64),
+                              np.array([o[1] for o, _, _ in grids], np.float64),
+                              np.array([step for _, step, _ in grids], np.float64),
+                              self.data, self.offsets[faces].reshape(-1), self.shapes[faces, :, :2].reshape(-1, 2))
+        if len(faces) == 1:                 # on this thread: waking another costs more than it saves here
             f = int(faces[0])
-            for L in range(N_LEVELS):
-                (ox, oy), step, _ = self.grids[f][L]
-                kernels.resample_into(image, ox, oy, step, self.level(f, L))
             kernels.normalise_pyramid(*(self.data[self.offsets[f, L]:self.offsets[f, L] + self.sizes[f, L]]
                                         for L in range(N_LEVELS)))                 # in place
-        elif len(faces) > 1:
-            grids = [self.grids[f][L] for f in faces for L in range(N_LEVELS)]
-            kernels.resample_many(image, np.array([o[0] for o, _, _ in grids], np.float64),
-                                  np.array([o[1] for o, _, _ in grids], np.float64),
-                                  np.array([step for _, step, _ in grids], np.float64),
-                                  self.data, self.offsets[faces].reshape(-1), self.shapes[faces, :, :2].reshape(-1, 2))
+        else:
             kernels.normalise_pyramids(self.data, self.offsets[faces], self.sizes[faces])    # in place
 
 
 def build_pyramid(image, frame: FaceFrame) -> list[np.ndarray]:
     """image (H, W, 3) uint8 or float32 -> [level 0, 1, 2], each (H_L, W_L, 3) float32, normalised by the
     global mean and population standard deviation of level 0 (float64; a constant level 0 has deviation 0
-    and gets 1, so it normalises to zeros instead of NaN: kernels.normalise_pyramid). Each resampling splits
-    its rows between the threads. The levels are views of one buffer."""
+    and gets 1, so it normalises to zeros instead of NaN: kernels.normalise_pyramid). The three resamplings
+    are shared out between the threads. The levels are views of one buffer."""
     p = Pyramids([frame], image.shape[2])
     p.fill(image, [0])
     return p.levels(0)

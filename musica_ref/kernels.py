@@ -1194,36 +1194,37 @@ def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out):
     w1t, b1p, w2f = _conv_layouts(w1, b1, w2)
     ylo, xlo, Hm, Wm, run0, run1 = _conv1_map_plan(corners)
     G = (P + FEATURE_ITEM - 1) // FEATURE_ITEM
-    nxt = np.zeros(2, np.int64)                          # the next work item of each parallel loop (_take)
+    next_item = np.zeros(1, np.int64)                    # the next work item of the patches (_take)
     if run0.shape[0] == 0:                               # one by one
         for _ in prange(G):
-            t = _take(nxt[0:])
+            t = _take(next_item)
             if t < G:
                 scratch = _group_scratch(C)
                 while t < G:
                     p0 = t * FEATURE_ITEM
                     _level_group(level, corners, p0, min(P, p0 + FEATURE_ITEM) - p0, w1t, b1p, w2f, b2, wa, ba,
                                  scratch, out, 0)
-                    t = _take(nxt[0:])
+                    t = _take(next_item)
         return False
     xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
     Wr = Wm + 2
     c1 = np.empty((_conv1_rows(C), Hm * Wr), np.float32)  # conv1 map, rows of width Wr; only the spans written
     ng = w1t.shape[0] // CONV1_OUT_BLOCK
+    next_group = np.zeros(1, np.int64)                   # the next block of conv1 channels (_take)
     for _ in prange(ng):
-        g = _take(nxt[0:])
+        g = _take(next_group)
         while g < ng:
             _map_channels(xin, Lr, Wr, run0, run1, w1t, b1p, c1, g * CONV1_OUT_BLOCK)
-            g = _take(nxt[0:])
+            g = _take(next_group)
     for _ in prange(G):
-        t = _take(nxt[1:])
+        t = _take(next_item)
         if t < G:
             tail = _tail_scratch(C)
             while t < G:
                 p0 = t * FEATURE_ITEM
                 _map_patches(c1, Wr, ylo, xlo, corners, p0, min(P, p0 + FEATURE_ITEM), w2f, b2, wa, ba, tail,
                              out, 0)
-                t = _take(nxt[1:])
+                t = _take(next_item)
     return True
 
 

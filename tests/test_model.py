@@ -1,5 +1,6 @@
 """The whole cascade: Numba engine vs the float64 NumPy reference, batch == single, threads, early exit."""
 import math
+import threading
 
 import llvmlite.binding as llvm
 import numba
@@ -100,6 +101,53 @@ def test_batch_equals_single_and_threads_do_not_matter(seed, n, ts_q):
         numba.set_num_threads(threads)
     for s, b, o, t in zip(single, batch, other, one_thread):
         _same(s, b), _same(s, o), _same(s, t)
+
+
+def test_the_kept_pyramid_buffer_changes_no_result():
+    """predict_batch keeps its pyramid buffer for the next call: a face after a larger batch (the buffer still
+    holding that batch's levels), and calls from two threads at once (each then needs its own buffer), give
+    the bits of a model that never ran before."""
+    img = face_image(5, 200, 240)
+    boxes = [(10, 20, 110, 130), (60, 30, 200, 150), (-15, 90, 70, 190), (120, 5, 230, 100), (40, 40, 90, 95)]
+    want = [random_model("musica19", 0).predict(img, b) for b in boxes]     # a new model for every face
+    model = random_model("musica19", 0)
+    for s, b in zip(want, model.predict_batch(img, boxes)):
+        _same(s, b)
+    kept = model._spare
+    assert kept is not None and kept.size >= len(boxes) * 3 * 3 * 57 * 57   # all five pyramids at least
+    for s, b in zip(want, boxes):
+        _same(s, model.predict(img, b))
+    assert model._spare is kept                                              # reused, not replaced
+    results = {}
+
+    def run(k):
+        for _ in range(3):
+            results[k] = model.predict_batch(img, boxes[k::2])
+    workers = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    for k in (0, 1):
+        for s, b in zip(want[k::2], results[k]):
+            _same(s, b)
+
+
+def test_pyramids_use_a_given_buffer_only_if_it_fits():
+    frames = [geometry.face_frame((10, 20, 110, 130)), geometry.face_frame((60, 30, 200, 150))]
+    n = int(pyramid.Pyramids(frames).sizes.sum())
+    big = np.full(n + 10, np.nan, np.float32)
+    assert pyramid.Pyramids(frames, buffer=big).data.base is big
+    for bad in (np.empty(n - 1, np.float32), np.empty(n, np.float64), np.empty((n, 1), np.float32),
+                np.empty(2 * n, np.float32)[::2]):
+        assert pyramid.Pyramids(frames, buffer=bad).data.base is not bad     # a new array instead
+    img = face_image(6, 200, 240)
+    p = pyramid.Pyramids(frames, buffer=big)
+    p.fill(img, [0, 1])
+    for f, fr in enumerate(frames):
+        for a, b in zip(p.levels(f), pyramid.build_pyramid(img, fr)):
+            np.testing.assert_array_equal(a, b)
+    assert np.isnan(big[n:]).all()                                           # nothing beyond the levels
 
 
 @given(seed=st.integers(0, 10**6), n=st.integers(2, 5), constant=st.booleans())

@@ -1276,7 +1276,7 @@ def _face_patch_features(data, offset, shape, corners, w1t, b1p, w2f, b2, wa, ba
         return False
     xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
     Wr = Wm + 2
-    c1 = np.empty((_conv1_rows(b2.shape[0]), Hm * Wr), np.float32)
+    c1 = np.empty((w1t.shape[0], Hm * Wr), np.float32)     # w1t's rows: C padded (_conv1_rows)
     for o in range(0, w1t.shape[0], CONV1_OUT_BLOCK):
         _map_channels(xin, Lr, Wr, run0, run1, w1t, b1p, c1, o)
     _map_patches(c1, Wr, ylo, xlo, corners, 0, P, w2f, b2, wa, ba, scratch[3], out, out0)

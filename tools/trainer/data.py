@@ -156,6 +156,17 @@ class Augment:
     p_colour: float = 0.8         # per-channel gain U(0.7, 1.3) and offset U(-25, 25)
     p_gray: float = 0.2           # to grayscale (0.299, 0.587, 0.114), copied to 3 channels
     p_occlude: float = 0.3        # a rectangle of noise, sides U(0.1, 0.5) of the box, inside the box
+    # detector-style boxes (docs/training.md "Face boxes"): with probability p_detector_box the box is drawn
+    # from this family instead of the jittered tight box; half of them square (side s max(w, h)), half with
+    # independent sides (w U(box_min, box_max_w), h U(box_min, box_max)); centre moved by U(-a, a) w in x and
+    # U(-box_up, box_down) h in y (up is negative y). Off (0) by default.
+    p_detector_box: float = 0.0
+    box_min: float = 0.8          # smallest side, as a fraction of the tight box's (its max(w, h) for squares)
+    box_max: float = 1.6          # largest height (square side), as a fraction of the tight box's
+    box_max_w: float = 1.4        # largest width of a non-square box, as a fraction of the tight box's
+    box_shift_x: float = 0.1      # a: centre moved by U(-a, a) w in x
+    box_up: float = 0.25          # centre moved up by at most this fraction of h
+    box_down: float = 0.1         # ... and down by at most this
 
     @classmethod
     def off(cls) -> "Augment":
@@ -224,12 +235,29 @@ def augment(image, points, visible, box, aug: Augment, rng):
         if r1 > r0 and c1 > c0:
             img = img.copy()
             img[r0:r1, c0:c1] = rng.uniform(0, 255, (r1 - r0, c1 - c0, 3))
+    img = np.clip(img, 0, 255).astype(np.float32)
+    if aug.p_detector_box > 0 and rng.random() < aug.p_detector_box:
+        return img, pts, vis, detector_style_box(box, aug, rng)
     cx, cy = (box[0] + box[2]) / 2 + w * rng.uniform(-aug.box_shift, aug.box_shift), \
         (box[1] + box[3]) / 2 + h * rng.uniform(-aug.box_shift, aug.box_shift)
     w *= rng.uniform(1 - aug.box_scale, 1 + aug.box_scale)
     h *= rng.uniform(1 - aug.box_scale, 1 + aug.box_scale)
-    img = np.clip(img, 0, 255).astype(np.float32)
     return img, pts, vis, np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+
+
+def detector_style_box(box, aug: Augment, rng) -> np.ndarray:
+    """A face box of the family real detectors give, drawn around the tight box (x0, y0, x1, y1): half
+    squares of side U(box_min, box_max) max(w, h), half rectangles of width U(box_min, box_max_w) w and
+    height U(box_min, box_max) h; the centre moved by U(-box_shift_x, box_shift_x) w and
+    U(-box_up, box_down) h. -> (4,) float64."""
+    w, h = box[2] - box[0], box[3] - box[1]
+    cx = (box[0] + box[2]) / 2 + w * rng.uniform(-aug.box_shift_x, aug.box_shift_x)
+    cy = (box[1] + box[3]) / 2 + h * rng.uniform(-aug.box_up, aug.box_down)
+    if rng.random() < 0.5:
+        bw = bh = max(w, h) * rng.uniform(aug.box_min, aug.box_max)
+    else:
+        bw, bh = w * rng.uniform(aug.box_min, aug.box_max_w), h * rng.uniform(aug.box_min, aug.box_max)
+    return np.array([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2])
 
 
 # --- self-occluded points ----------------------------------------------------------------------------------

@@ -1,17 +1,21 @@
 """musica_ref: the reference implementation of MuSiCa face alignment (MM'21) in NumPy + Numba.
 
     import musica_ref
-    model = musica_ref.MuSiCa.load("weights.h5")
-    result = model.predict(image, box=(x0, y0, x1, y1))   # image: (H, W, 3) uint8 RGB
-    result.landmarks                                      # (N, 2) float64, (x, y), 0-based pixels
+    model = musica_ref.MuSiCa.load("musica68")            # a model by name, or a weights file path
+    for face in model.predict_image("photo.jpg"):         # every face the detector finds (extra "detect")
+        face.box, face.landmarks                          # landmarks: (N, 2) float64, (x, y), 0-based pixels
+    result = model.predict(image, box=(x0, y0, x1, y1))   # or your own box; image: (H, W, 3) uint8 RGB
 
 Importing defines things and does nothing else; the command line lives in `musica_ref.cli`.
-Data flow, one module per step: io (image, box) -> geometry (frame) -> pyramid -> kernels (patches,
-network layers) -> network (one iteration) -> model (cascade, early exit) -> geometry (back to the image).
+Data flow, one module per step: io (image) -> detect (face boxes) -> geometry (frame) -> pyramid -> kernels
+(patches, network layers) -> network (one iteration) -> model (cascade, early exit) -> geometry (back to the
+image). models names the installed weights files; draw makes the overlay.
 """
+from .detect import DetectorUnavailable, Face, detect_faces
 from .errors import InputError, MusicaError, WeightsError
 from .io import as_rgb, load_image, read_pts, write_pts
 from .model import MuSiCa, Result
+from .models import DEFAULT_MODEL, MODELS
 from .opcount import iteration_macs, total_macs, total_parameters
 from .variants import VARIANTS, Variant, custom_variant, get_variant
 from .weights import FORMAT_NAME, FORMAT_VERSION, Weights, load_weights, random_weights, save_weights
@@ -19,7 +23,7 @@ from .weights import FORMAT_NAME, FORMAT_VERSION, Weights, load_weights, random_
 __version__ = "0.1.0"
 
 __all__ = [
-    "MuSiCa", "Result", "Weights", "Variant", "VARIANTS", "get_variant", "custom_variant",
+    "MuSiCa", "Result", "MODELS", "DEFAULT_MODEL", "detect_faces", "Face", "DetectorUnavailable", "Weights", "Variant", "VARIANTS", "get_variant", "custom_variant",
     "load_weights", "save_weights", "random_weights", "FORMAT_NAME", "FORMAT_VERSION",
     "load_image", "as_rgb", "read_pts", "write_pts",
     "iteration_macs", "total_macs", "total_parameters",

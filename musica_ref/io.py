@@ -47,14 +47,18 @@ def as_rgb(image) -> np.ndarray:
 
 
 def load_image(path) -> np.ndarray:
-    """Read an image file with Pillow -> (H, W, 3) uint8 (or float32 for 16-bit and float files)."""
-    from PIL import Image, UnidentifiedImageError
+    """Read an image file with Pillow -> (H, W, 3) uint8 (or float32 for 16-bit and float files), turned
+    by its EXIF orientation (if any), so that pixel coordinates are those of the image as viewers show it."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InputError(f"{path!r} is a folder, not an image file")
     if not os.path.isfile(path):
         raise InputError(f"image file {path!r} does not exist")
     try:
-        with Image.open(path) as im:
-            im.load()
+        with Image.open(path) as raw:
+            raw.load()
+            im = ImageOps.exif_transpose(raw)                     # orientations 2-8 turned upright
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 arr = np.asarray(im)                              # 16/32-bit grayscale: keep the values
             elif im.mode == "RGB":

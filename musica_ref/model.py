@@ -19,6 +19,7 @@ leave the batch. Every face's arithmetic is the same whatever the batch, so batc
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,10 +32,28 @@ from .io import as_rgb
 from .network import HIDDEN, iteration_forward, iteration_forward_levels
 from .pyramid import Pyramids
 from .quantize import QUANTIZED, with_precision
+from .models import DEFAULT_MODEL, resolve_model
 from .weights import Weights, load_weights
+
+
+def _refined_box(result, box):
+    """The tight box of a result's landmarks, the box for the next run of refine; `box` where the
+    landmarks span less than a pixel in either direction (a box no run could use)."""
+    tb = geometry.tight_box(result.landmarks)
+    return tb if np.all(np.isfinite(tb)) and min(tb[2] - tb[0], tb[3] - tb[1]) >= 1.0 else box
+
+
+def _read_if_path(image):
+    """An image file path is read (io.load_image: EXIF orientation applied); anything else is returned."""
+    if isinstance(image, (str, bytes, os.PathLike)):
+        from .io import load_image
+        return load_image(image)
+    return image
 
 # predict_batch runs at most this many faces at once (their pyramids are about 0.8 MB each)
 BATCH_CHUNK = 128
+# refine = k runs the model k more times, each on the tight box of the previous run's landmarks
+MAX_REFINE = 3
 
 
 @dataclass
@@ -49,6 +68,11 @@ class Result:
     multiply_adds: multiply-adds performed for this face (the "full" convention of opcount).
     history: (iterations, N, 2) the landmarks after every iteration run, in image pixels.
     macs_by_layer: multiply-adds per layer name (gate multiplies included here, not in multiply_adds).
+    box: the face box (x0, y0, x1, y1) the face was given (by the caller or the detector).
+    score: the face detector's confidence, when a detector found the face (predict_image); else None.
+
+    With refine = k > 0 the landmarks, errors, iterations and history are those of the last of the k + 1
+    runs; multiply_adds and macs_by_layer count all of them.
     """
     landmarks: np.ndarray
     errors: np.ndarray
@@ -57,9 +81,13 @@ class Result:
     multiply_adds: int
     history: np.ndarray
     macs_by_layer: dict = field(default_factory=dict)
+    box: tuple | None = None
+    score: float | None = None
 
 
-def _check_thresholds(ts, tf):
+def _check_thresholds(ts, tf, refine=0):
+    if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or not 0 <= refine <= MAX_REFINE:
+        raise InputError(f"refine must be an integer from 0 to {MAX_REFINE}, got {refine!r}")
     for name, v in (("ts", ts), ("tf", tf)):
         try:
             fv = float(v)
@@ -73,8 +101,8 @@ def _check_thresholds(ts, tf):
 
 
 class MuSiCa:
-    """A loaded MuSiCa model. `MuSiCa.load(path)` reads a weights file; `predict` runs one face and
-    `predict_batch` many."""
+    """A loaded MuSiCa model. `MuSiCa.load(name or path)` reads a weights file; `predict` runs one face,
+    `predict_batch` many, and `predict_image` finds the faces of an image itself (musica_ref.detect)."""
 
     def __init__(self, weights: Weights, recurrent: str = "stored"):
         """recurrent: how the recurrent layers are held (quantize.py): "stored" (default: as `weights` has
@@ -86,38 +114,71 @@ class MuSiCa:
         self.n_landmarks = weights.n_landmarks
         self.patch_indices = weights.patch_indices
         self.mean_shape = weights.mean_shape
+        # the failure threshold used when the caller gives none: the file's (chosen on validation faces)
+        self.default_tf = math.inf if weights.default_tf is None else float(weights.default_tf)
         self._spare = None                      # the pyramid buffer kept for the next call (predict_batch)
         self._spare_lock = threading.Lock()
 
     @classmethod
-    def load(cls, path, recurrent: str = "stored") -> "MuSiCa":
-        """Read a weights file (weights.load_weights). With the default recurrent="stored" a float16 file's
-        recurrent layers stay 16-bit in memory (exact: see __init__)."""
+    def load(cls, model=DEFAULT_MODEL, recurrent: str = "stored") -> "MuSiCa":
+        """Load a model by name ("musica19", "musica34", "musica68": the weights installed with the
+        package, see musica_ref.models) or from a weights file path (weights.load_weights). With the
+        default recurrent="stored" a float16 file's recurrent layers stay 16-bit in memory (exact: see
+        __init__)."""
         keep = QUANTIZED if recurrent in ("stored", "float16", "int8") else ()
-        return cls(load_weights(path, keep_float16=keep), recurrent=recurrent)
+        return cls(load_weights(resolve_model(model), keep_float16=keep), recurrent=recurrent)
 
-    def predict(self, image, box, ts: float = 0.0, tf: float = math.inf) -> Result:
-        """Landmarks of the face in `box` (x0, y0, x1, y1) of `image` (H, W, 3) RGB.
+    def predict(self, image, box, ts: float = 0.0, tf: float | None = None, refine: int = 0) -> Result:
+        """Landmarks of the face in `box` (x0, y0, x1, y1) of `image` ((H, W, 3) RGB array, or a file path).
 
         ts: stop after iteration i if E(i) < ts (ts = 0 runs every iteration).
-        tf: the result is a failure if E of the last iteration run > tf.
+        tf: the result is a failure if E of the last iteration run > tf; None: the model's default_tf.
+        refine: run again this many times, each on the tight box of the previous landmarks (0 to MAX_REFINE).
         """
-        return self.predict_batch([image], [box], ts=ts, tf=tf)[0]
+        return self.predict_batch([image], [box], ts=ts, tf=tf, refine=refine)[0]
 
-    def predict_batch(self, images, boxes, ts: float = 0.0, tf: float = math.inf) -> list[Result]:
+    def predict_image(self, image, ts: float = 0.0, tf: float | None = None, refine: int = 0,
+                      detector=None) -> list[Result]:
+        """Find the faces of `image` (array or file path) and return one Result per face, most confident
+        first, each with its detected `box` and detector `score`. detector: None for dlib's HOG detector
+        (the `detect` extra), or any callable image -> boxes (musica_ref.detect.detect_faces says how)."""
+        from .detect import detect_faces
+        rgb = as_rgb(_read_if_path(image))
+        faces = detect_faces(rgb, detector=detector)
+        results = self.predict_batch(rgb, [f.box for f in faces], ts=ts, tf=tf, refine=refine)
+        for r, f in zip(results, faces):
+            r.score = f.score
+        return results
+
+    def predict_batch(self, images, boxes, ts: float = 0.0, tf: float | None = None,
+                      refine: int = 0) -> list[Result]:
         """Many faces in one call: `images` is one image (then every box is in it) or a list (or tuple) of
         images, one per box. Returns one Result per box, identical to calling `predict` on each.
 
         The faces run BATCH_CHUNK at a time. Their pyramids (about 0.8 MB a face) live in one buffer that
         the model keeps for its next call (fresh memory costs page faults, 10-15% of a batch's time on a
         virtual machine); calls from several threads at once each get their own."""
-        ts, tf = _check_thresholds(ts, tf)
+        ts, tf = _check_thresholds(ts, self.default_tf if tf is None else tf, refine)
         boxes = list(boxes)
-        if not isinstance(images, (list, tuple)):          # one image (array or array-like) for every box
-            images = [images] * len(boxes)
-        images = list(images)
+        if not isinstance(images, (list, tuple)):          # one image (array, array-like or path) for every box
+            images = [_read_if_path(images)] * len(boxes)
+        images = [_read_if_path(im) for im in images]
         if len(images) != len(boxes):
             raise InputError(f"got {len(images)} images for {len(boxes)} boxes; give one image, or one per box")
+        given = [tuple(float(v) for v in geometry.check_box(b)) for b in boxes]
+        results = self._run(images, boxes, ts, tf)
+        for _ in range(refine):                             # again, on the box of the landmarks just found
+            again = self._run(images, [_refined_box(r, b) for r, b in zip(results, boxes)], ts, tf)
+            for r, a in zip(results, again):
+                a.multiply_adds += r.multiply_adds
+                a.macs_by_layer = dict(Counter(a.macs_by_layer) + Counter(r.macs_by_layer))
+            results = again
+        for r, b in zip(results, given):
+            r.box = b
+        return results
+
+    def _run(self, images, boxes, ts, tf) -> list[Result]:
+        """One pass of the cascade over faces (images[i], boxes[i]), BATCH_CHUNK at a time."""
         results = []
         with self._spare_lock:                              # this call's buffer; another call at the same
             buffer, self._spare = self._spare, None         # time finds none and makes its own

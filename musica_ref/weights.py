@@ -6,11 +6,13 @@
     /geometry               attrs: bb_size, margin, patch_size, iteration_levels, eye_corners
     /iteration_{i}/{layer}/{weight,bias}   i = 0, 1, 2; float32 or float16; weights are (in, out)
     /provenance             attrs: free-form (data set, epochs, validation NME, git commit, ...)
+    optional root attribute default_tf: the failure threshold chosen for the model (tools/choose_tf.py)
 
 Loading checks everything and raises WeightsError naming the problem. No pickle anywhere.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -36,11 +38,14 @@ class Weights:
     iterations: N_ITERATIONS dicts, tensor name (network.TENSORS) -> float32 array (float16 for the tensors
         that load_weights was asked to keep as stored).
     provenance: free-form facts about where the weights come from.
+    default_tf: the failure threshold on E that `MuSiCa.predict` uses when the caller gives none (chosen on
+        the validation set by tools/choose_tf.py); None when the file has none (then no face is flagged).
     """
     variant: Variant
     mean_shape: np.ndarray
     iterations: list
     provenance: dict = field(default_factory=dict)
+    default_tf: float | None = None
 
     @property
     def n_landmarks(self) -> int:
@@ -105,7 +110,20 @@ def check_weights(w: Weights, keep_float16=()) -> Weights:
         if extra:
             raise WeightsError(f"iteration_{i} has unknown tensors: {sorted(extra)}")
         its.append(clean)
-    return Weights(w.variant, ms, its, dict(w.provenance))
+    return Weights(w.variant, ms, its, dict(w.provenance), _check_default_tf(w.default_tf))
+
+
+def _check_default_tf(v):
+    """None, or a finite float > 0 (the stored failure threshold)."""
+    if v is None:
+        return None
+    try:
+        fv = float(v)
+    except (TypeError, ValueError):
+        raise WeightsError(f"default_tf is {v!r}, expected a number") from None
+    if not (math.isfinite(fv) and fv > 0):
+        raise WeightsError(f"default_tf is {fv}, expected a finite number > 0")
+    return fv
 
 
 def save_weights(path, w: Weights, dtype=np.float32) -> None:
@@ -127,6 +145,8 @@ def save_weights(path, w: Weights, dtype=np.float32) -> None:
         f.attrs["n_landmarks"] = w.variant.n_landmarks
         f.attrs["n_patches"] = w.variant.n_patches
         f.attrs["n_iterations"] = N_ITERATIONS
+        if w.default_tf is not None:
+            f.attrs["default_tf"] = float(w.default_tf)
         f.create_dataset("patch_indices", data=np.asarray(w.variant.patch_indices, dtype=np.int32))
         f.create_dataset("mean_shape", data=w.mean_shape.astype(np.float64))
         g = f.create_group("geometry")
@@ -228,7 +248,10 @@ def _read(f, path, keep_float16=()) -> Weights:
     prov = {}
     if "provenance" in f:
         prov = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f["provenance"].attrs.items()}
-    return check_weights(Weights(variant, f["mean_shape"][()], its, prov), keep_float16)
+    tf = f.attrs.get("default_tf")
+    if tf is not None and np.ndim(tf) != 0:
+        raise WeightsError(f"default_tf has shape {np.shape(tf)}, expected one number")
+    return check_weights(Weights(variant, f["mean_shape"][()], its, prov, tf), keep_float16)
 
 
 def random_weights(variant: Variant, seed: int = 0) -> Weights:

@@ -6,12 +6,16 @@ import json
 import math
 import os
 import sys
+import tempfile
+import time
 
 import numpy as np
 
 from .errors import InputError, MusicaError
+from .models import DEFAULT_MODEL, MODELS, WEIGHTS_ENV
 
-WEIGHTS_ENV = "MUSICA_REF_WEIGHTS"
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _parse_box(text: str):
@@ -26,17 +30,114 @@ def _parse_box(text: str):
 
 
 def _same_file(a, b) -> bool:
-    return a is not None and b is not None and os.path.abspath(a) == os.path.abspath(b)
+    """Whether paths a and b are the same file (through links too), or would be once a is written."""
+    if a is None or b is None:
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:                                    # one of them does not exist (yet)
+        return os.path.abspath(a) == os.path.abspath(b)
 
 
-def _resolve_weights(path):
-    if path:
-        return path
-    env = os.environ.get(WEIGHTS_ENV)
-    if env:
-        return env
-    raise InputError("no --weights given (and $MUSICA_REF_WEIGHTS is not set): the trained models are in the "
-                     "repository's weights/ folder, e.g. --weights weights/musica68.h5")
+def _resolve_weights(a):
+    """--weights, else --model, else $MUSICA_REF_WEIGHTS (a name or a path), else the default model."""
+    from .models import resolve_model
+    if a.weights and a.model:
+        raise InputError("give --model or --weights, not both")
+    if a.model and a.model not in MODELS:
+        raise InputError(f"unknown model {a.model!r}; choose one of {', '.join(MODELS)} (or --weights FILE.h5)")
+    return resolve_model(a.weights or a.model or os.environ.get(WEIGHTS_ENV) or DEFAULT_MODEL)
+
+
+def _expand_images(args) -> list[str]:
+    """Image paths from files and folders (a folder: its image files, sorted, not its subfolders)."""
+    paths = []
+    for p in args:
+        if os.path.isdir(p):
+            found = sorted(os.path.join(p, f) for f in os.listdir(p)
+                           if f.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(p, f)))
+            if not found:
+                raise InputError(f"folder {p!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        else:
+            paths.append(p)
+    return paths
+
+
+def _atomic_write(path, write):
+    """Write a file through a temporary one in the same folder, renamed into place when complete: an
+    error leaves nothing half written. write(tmp_path) does the writing."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"cannot write {path!r}: folder {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise InputError(f"cannot write {path!r}: it is a folder")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".musica-ref-", suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _face_record(r, model_name) -> dict:
+    return {"box": [round(float(v), 4) for v in r.box], "score": None if r.score is None else float(r.score),
+            "landmarks": np.round(r.landmarks, 4).tolist(), "errors": [float(e) for e in r.errors],
+            "iterations": r.iterations, "failed": r.failed, "multiply_adds": r.multiply_adds}
+
+
+def _plan_outputs(a, images):
+    """Where every output goes: (json_path or '-' or None, pts paths per image or None, overlay paths per
+    image or None). Checks, before anything runs, that no output is an input and that names do not clash."""
+    out, overlay = a.out, a.overlay
+    json_out, pts_dir, pts_file, overlay_of = None, None, None, None
+    if out is None or out == "-":
+        json_out = "-"
+    elif out.lower().endswith(".json"):
+        json_out = out
+    elif out.lower().endswith(".pts"):
+        pts_file = out
+    elif os.path.splitext(out)[1] and not os.path.isdir(out):
+        raise InputError(f"--out must be FILE.json, FILE.pts, a folder (one .pts per face) or - (JSON to "
+                         f"standard output), got {out!r}")
+    else:
+        pts_dir = out
+    if overlay is not None:
+        if overlay.lower().endswith((".png", ".jpg", ".jpeg")):
+            if len(images) != 1:
+                raise InputError(f"--overlay FILE draws one image; for {len(images)} images give a folder")
+            overlay_of = {images[0]: overlay}
+        elif os.path.splitext(overlay)[1] and not os.path.isdir(overlay):
+            raise InputError(f"--overlay must end in .png or .jpg, or be a folder, got {overlay!r}")
+        else:
+            overlay_of = {p: os.path.join(overlay, os.path.splitext(os.path.basename(p))[0] + ".png")
+                          for p in images}
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in images]
+    if (pts_dir or overlay_of and len(images) > 1) and len(set(stems)) != len(stems):
+        raise InputError("two input images have the same file name; their outputs would clash in the folder")
+    return json_out, pts_dir, pts_file, overlay_of
+
+
+class _Progress:
+    """A progress bar on standard error, only when it is a terminal and there are several images."""
+
+    def __init__(self, n):
+        self.n, self.on, self.t0 = n, n > 1 and sys.stderr.isatty(), time.perf_counter()
+
+    def step(self, k, faces):
+        if self.on:
+            rate = k / max(time.perf_counter() - self.t0, 1e-9)
+            bar = "#" * int(30 * k / self.n)
+            print(f"\r[{bar:<30}] {k}/{self.n} images, {faces} faces, {rate:.1f} images/s", end="",
+                  file=sys.stderr, flush=True)
+
+    def done(self):
+        if self.on:
+            print(file=sys.stderr)
 
 
 def cmd_predict(a) -> int:
@@ -44,46 +145,120 @@ def cmd_predict(a) -> int:
     from .io import load_image, read_pts, write_pts
     from .model import MuSiCa
 
-    if (a.box is None) == (a.pts is None):
-        raise InputError("give exactly one of --box x0,y0,x1,y1 or --pts FILE.pts")
-    weights_path = _resolve_weights(a.weights)
-    inputs = [a.image, a.pts, weights_path]
-    for out in (a.out, a.overlay):
+    images = _expand_images(a.image)
+    if a.box and a.pts:
+        raise InputError("give --box or --pts, not both")
+    if (a.box or a.pts) and len(images) != 1:
+        raise InputError(f"--box and --pts are for one image; got {len(images)} (leave them out to detect faces)")
+    weights_path = _resolve_weights(a)
+    json_out, pts_dir, pts_file, overlay_of = _plan_outputs(a, images)
+    inputs = images + [p for p in (a.pts, weights_path) if p]
+    outputs = [o for o in (json_out, pts_file) if o and o != "-"] + list((overlay_of or {}).values())
+    for out in outputs:
         if any(_same_file(out, p) for p in inputs):
             raise InputError(f"refusing to overwrite an input file with the output {out!r}")
-    if a.out and os.path.splitext(a.out)[1].lower() not in (".pts", ".json"):
-        raise InputError(f"--out must end in .pts or .json, got {a.out!r}")
-    if a.overlay and os.path.splitext(a.overlay)[1].lower() not in (".png", ".jpg", ".jpeg"):
-        raise InputError(f"--overlay must end in .png or .jpg, got {a.overlay!r}")
-    image = load_image(a.image)
-    box = _parse_box(a.box) if a.box else tight_box(read_pts(a.pts)).tolist()
+    tf = _threshold(a.tf, "tf")
+    ts = _threshold(a.ts, "ts") or 0.0
+    given = [_parse_box(b) for b in a.box] if a.box else [tight_box(read_pts(a.pts)).tolist()] if a.pts else None
     model = MuSiCa.load(weights_path, recurrent="int8" if a.int8 else "stored")
-    r = model.predict(image, box, ts=a.ts, tf=a.tf)
-    summary = {
-        "image": a.image, "box": [float(v) for v in box], "weights": weights_path,
-        "recurrent": model.recurrent,
-        "landmarks": np.round(r.landmarks, 4).tolist(), "errors": [float(e) for e in r.errors],
-        "iterations": r.iterations, "failed": r.failed, "multiply_adds": r.multiply_adds,
-        "convention": "(x, y), 0-based pixels",
-    }
-    if a.out:
-        if a.out.lower().endswith(".pts"):
-            write_pts(a.out, r.landmarks)
-        else:
-            with open(a.out, "w") as fh:
-                json.dump(summary, fh, indent=1)
-    if a.overlay:
-        from .draw import draw_result
-        draw_result(image, box, r).save(a.overlay)
-    errs = ", ".join(f"{e * 100:.2f}%" for e in r.errors)
-    print(f"{len(r.landmarks)} landmarks, {r.iterations} iteration(s), error estimates [{errs}], "
-          f"failed={r.failed}, {r.multiply_adds / 1e6:.2f} M multiply-adds")
-    if not a.out:
-        print(json.dumps({"landmarks": summary["landmarks"]}))
-    for what, path in (("landmarks", a.out), ("overlay", a.overlay)):
-        if path:
-            print(f"wrote {what} to {path}")
-    return 0
+    if given is None:                                   # detection: fail now, not after loading the first image
+        from .detect import default_detector
+        default_detector()
+    records, per_image, n_faces, n_bad = [], [], 0, 0
+    progress = _Progress(len(images))
+    for k, path in enumerate(images):
+        try:
+            image = load_image(path)
+            if given is not None:
+                results = model.predict_batch(image, given, ts=ts, tf=tf, refine=a.refine)
+            else:
+                results = model.predict_image(image, ts=ts, tf=tf, refine=a.refine)
+        except MusicaError as exc:
+            if len(images) == 1:
+                raise
+            print(f"musica-ref: error: {path}: {exc}", file=sys.stderr)
+            records.append({"image": path, "error": str(exc)})
+            n_bad += 1
+            continue
+        n_faces += len(results)
+        records.append({"image": path, "width": image.shape[1], "height": image.shape[0],
+                        "faces": [_face_record(r, weights_path) for r in results]})
+        per_image.append((path, image, results))
+        if not progress.on:
+            _report(path, results, given is None)
+        progress.step(k + 1, n_faces)
+    progress.done()
+    if pts_file is not None:
+        faces = [r for _, _, rs in per_image for r in rs]
+        if len(faces) != 1:
+            raise InputError(f"--out FILE.pts holds one face and {len(faces)} were found; give a folder for "
+                             f"one .pts per face, or FILE.json")
+    if pts_dir is not None:
+        os.makedirs(pts_dir, exist_ok=True)
+    wrote = []
+    for path, image, results in per_image:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        for j, r in enumerate(results):
+            dest = pts_file or (os.path.join(pts_dir, f"{stem}_{j}.pts") if pts_dir else None)
+            if dest:
+                _atomic_write(dest, lambda tmp, r=r: write_pts(tmp, r.landmarks))
+                wrote.append(dest)
+        if overlay_of is not None:
+            dest = overlay_of[path]
+            os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+            from .draw import draw_results
+            im = draw_results(image, results)
+            _atomic_write(dest, lambda tmp: im.save(tmp, format="JPEG" if dest.lower().endswith(("jpg", "jpeg"))
+                                                    else "PNG"))
+            wrote.append(dest)
+    doc = {"model": weights_path, "recurrent": model.recurrent, "convention": "(x, y), 0-based pixels",
+           "images": records}
+    if json_out == "-":
+        json.dump(doc, sys.stdout)
+        sys.stdout.write("\n")
+    elif json_out:
+        def dump(tmp):
+            with open(tmp, "w") as fh:
+                json.dump(doc, fh, indent=1)
+        _atomic_write(json_out, dump)
+        wrote.append(json_out)
+    if len(images) > 1:
+        print(f"{len(images)} images, {n_faces} faces" + (f", {n_bad} images unreadable" if n_bad else ""),
+              file=sys.stderr)
+    for p in wrote if len(wrote) <= 5 else []:
+        print(f"wrote {p}", file=sys.stderr)
+    if len(wrote) > 5:
+        print(f"wrote {len(wrote)} files", file=sys.stderr)
+    return 2 if n_bad else 0
+
+
+def _threshold(text, name):
+    """--ts/--tf: a fraction (0.05), a percentage (5%), or None (the default)."""
+    if text is None:
+        return None
+    t = str(text).strip()
+    try:
+        v = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise InputError(f"--{name} must be a fraction (0.05) or a percentage (5%), got {text!r}") from None
+    if not t.endswith("%") and v > 1 and v != float("inf"):
+        raise InputError(f"--{name} {t} would be {v * 100:g}% of the eye-corner distance; write {t}% for a "
+                         f"percentage, or a fraction such as {v / 100:g}")
+    return v
+
+
+def _report(path, results, detected):
+    """One human-readable line per face on standard error."""
+    if not results:
+        print(f"{path}: no face found" + (" (give --box x0,y0,x1,y1 to place one)" if detected else ""),
+              file=sys.stderr)
+    for j, r in enumerate(results):
+        errs = ", ".join(f"{e * 100:.2f}%" for e in r.errors)
+        score = f", score {r.score:.2f}" if r.score is not None else ""
+        box = ",".join(f"{v:.0f}" for v in r.box)
+        print(f"{path}: face {j} box {box}{score}: {len(r.landmarks)} landmarks, {r.iterations} iteration(s), "
+              f"error estimates [{errs}], failed={r.failed}, {r.multiply_adds / 1e6:.2f} M multiply-adds",
+              file=sys.stderr)
 
 
 def cmd_count(a) -> int:
@@ -110,11 +285,15 @@ def cmd_count(a) -> int:
 def cmd_info(a) -> int:
     from .opcount import total_macs
     from .weights import FORMAT_NAME, FORMAT_VERSION, load_weights
+    from .models import resolve_model
+    a.file = resolve_model(a.file)
     w = load_weights(a.file)
     v = w.variant
     print(f"{a.file}: {FORMAT_NAME} version {FORMAT_VERSION}")
     print(f"variant {v.name}: N = {v.n_landmarks} landmarks, P = {v.n_patches} patches")
     print(f"patch indices: {list(v.patch_indices)}")
+    print("default failure threshold tf: " + (f"{w.default_tf:.4f} ({w.default_tf * 100:.2f}%)"
+                                              if w.default_tf is not None else "none stored (no face is flagged)"))
     print(f"parameters: {w.n_parameters():,d}; multiply-adds for 3 iterations: "
           f"{total_macs(v.n_landmarks, v.n_patches) / 1e6:.2f} M (full convention)")
     import h5py
@@ -146,15 +325,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="musica-ref", description="MuSiCa face alignment on the CPU (NumPy + Numba).")
     sub = p.add_subparsers(dest="command", required=True)
 
-    q = sub.add_parser("predict", help="landmarks of one face in an image")
-    q.add_argument("image")
-    q.add_argument("--box", help="face box x0,y0,x1,y1 in pixels (0-based, x right, y down)")
-    q.add_argument("--pts", help="take the face box as the tight box of this .pts file's points")
-    q.add_argument("--weights", help=f"weights file (.h5); default ${WEIGHTS_ENV}")
-    q.add_argument("--ts", type=float, default=0.0, help="early exit: stop once E < ts (0: run all iterations)")
-    q.add_argument("--tf", type=float, default=math.inf, help="failure: flag the face if the last E > tf")
-    q.add_argument("--out", help="write the landmarks to FILE.pts (1-based) or FILE.json (0-based)")
-    q.add_argument("--overlay", help="draw box, landmarks and error estimates on the image into FILE.png")
+    q = sub.add_parser("predict", help="landmarks of every face in one or more images",
+                       description="Find the faces in each image (or take --box) and give their landmarks.")
+    q.add_argument("image", nargs="+", help="image files and folders of images")
+    q.add_argument("--box", action="append", help="face box x0,y0,x1,y1 in pixels (0-based, x right, y down) "
+                   "instead of detection; repeat it for several faces (one image only)")
+    q.add_argument("--pts", help="take the face box as the tight box of this .pts file's points (one image only)")
+    q.add_argument("--model", help=f"a model by name: {', '.join(MODELS)} (default {DEFAULT_MODEL})")
+    q.add_argument("--weights", help=f"a weights file (.h5) instead of --model; default ${WEIGHTS_ENV} if set")
+    q.add_argument("--ts", help="early exit: stop once E < ts, as a fraction (0.05) or a percentage (5%%); "
+                   "default 0: run every iteration")
+    q.add_argument("--tf", help="flag a face as failed if its last E > tf (fraction or percentage); default: "
+                   "the model's own threshold")
+    q.add_argument("--refine", type=int, default=0,
+                   help="run again this many times, each on the box of the landmarks found (0-3; default 0)")
+    q.add_argument("--out", help="FILE.json (every image and face), FILE.pts (one face, 1-based), a folder "
+                   "(one IMAGE_k.pts per face), or - for JSON on standard output alone (the default)")
+    q.add_argument("--overlay", help="draw the faces on the image into FILE.png (one image) or a folder")
     q.add_argument("--int8", action="store_true",
                    help="recurrent layers as int8 with a scale per unit: faster at batch 1, slightly less accurate")
     q.set_defaults(func=cmd_predict)
@@ -166,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_count)
 
     i = sub.add_parser("info", help="describe a weights file")
-    i.add_argument("file")
+    i.add_argument("file", help=f"a weights file, or a model name ({', '.join(MODELS)})")
     i.set_defaults(func=cmd_info)
 
     r = sub.add_parser("random-weights", help="write a valid weights file with random values (for trying the engine)")
@@ -181,11 +368,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _glue_negative_boxes(argv):
+    """`--box -10,-10,50,50` as `--box=-10,-10,50,50`: argparse takes a value starting with '-' for an option."""
+    out, k = [], 0
+    while k < len(argv):
+        if argv[k] == "--box" and k + 1 < len(argv) and argv[k + 1].startswith("-"):
+            out.append("--box=" + argv[k + 1])
+            k += 2
+        else:
+            out.append(argv[k])
+            k += 1
+    return out
+
+
 def main(argv=None) -> int:
     # Numba's OpenMP threads spin while they wait; on a machine busy with other work that made one predict
     # ~40x slower here (400 ms instead of 8-10 ms). Passive waiting avoids it; a value the user set wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_glue_negative_boxes(sys.argv[1:] if argv is None else list(argv)))
     try:
         return args.func(args)
     except MusicaError as exc:

@@ -45,7 +45,7 @@ def _refined_box(result, box):
 
 def _read_if_path(image):
     """An image file path is read (io.load_image: EXIF orientation applied); anything else is returned."""
-    if isinstance(image, (str, bytes, os.PathLike)):
+    if isinstance(image, (str, os.PathLike)):
         from .io import load_image
         return load_image(image)
     return image

@@ -34,7 +34,8 @@ def finite(r):
     (np.zeros((10, 10, 2), np.uint8), "shape"), (np.zeros((10,), np.uint8), "shape"),
     (np.zeros((4, 10, 10, 3), np.uint8), "shape"), (np.zeros((10, 10, 3), bool), "dtype"),
     (np.full((10, 10, 3), np.nan, np.float32), "NaN"), (np.full((10, 10), np.inf), "NaN or infinite"),
-    (np.zeros((10, 10, 3), complex), "dtype"), ("not an image", "dtype"),
+    (np.zeros((10, 10, 3), complex), "dtype"), ("not an image", "does not exist"),
+    (b"\x00\x01", "dtype"),
 ])
 def test_bad_images(model, image, words):
     with pytest.raises(m.InputError, match=words):
@@ -94,8 +95,11 @@ def test_cli_predict_box_out_overlay(capsys, tmp_path, weights_file):
     code, out, err = run(capsys, "predict", EXAMPLE, "--box", ",".join(map(str, EXAMPLE_BOX)),
                          "--weights", weights_file, "--out", tmp_path / "p.json", "--overlay", tmp_path / "o.png")
     assert code == 0, err
-    res = json.loads((tmp_path / "p.json").read_text())
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert [im["image"] for im in doc["images"]] == [str(EXAMPLE)]
+    (res,) = doc["images"][0]["faces"]
     assert np.asarray(res["landmarks"]).shape == (68, 2) and res["iterations"] == 3
+    assert res["box"] == list(EXAMPLE_BOX) and res["score"] is None and out == ""
     assert Image.open(tmp_path / "o.png").size == Image.open(EXAMPLE).size
     # .pts output round-trips through read_pts (1-based on disk, 0-based in memory)
     code, _, err = run(capsys, "predict", EXAMPLE, "--box", "92,112,228,236", "--weights", weights_file,
@@ -132,15 +136,18 @@ def test_cli_image_modes(capsys, tmp_path, weights_file):
         code, out, err = run(capsys, "predict", tmp_path / name, "--box", "10,10,50,55", "--weights",
                              weights_file, "--out", tmp_path / (name + ".json"))
         assert code == 0, (name, err)
-        assert np.all(np.isfinite(json.loads((tmp_path / (name + ".json")).read_text())["landmarks"]))
+        doc = json.loads((tmp_path / (name + ".json")).read_text())
+        assert np.all(np.isfinite(doc["images"][0]["faces"][0]["landmarks"]))
 
 
 @pytest.mark.parametrize("args, words", [
     (["--box", "1,2,3"], "four numbers"), (["--box", "a,b,c,d"], "four numbers"),
     (["--box", "10,10,5,5"], "zero or negative"), (["--box", "900,900,950,950"], "outside"),
-    ([], "exactly one of --box"), (["--box", "1,1,9,9", "--out", "x.txt"], ".pts or .json"),
+    (["--box", "1,1,9,9", "--pts", "x.pts"], "not both"), (["--box", "1,1,9,9", "--out", "x.txt"], "FILE.json"),
     (["--box", "1,1,9,9", "--overlay", "x.gif"], ".png or .jpg"), (["--box", "1,1,9,9", "--ts", "-1"], "ts must be"),
-    (["--box", "1,1,9,9", "--ts", "nan"], "NaN"),
+    (["--box", "1,1,9,9", "--ts", "nan"], "NaN"), (["--box", "1,1,9,9", "--ts", "5"], "write 5%"),
+    (["--box", "1,1,9,9", "--ts", "x%"], "percentage"), (["--box", "1,1,9,9", "--refine", "9"], "refine must"),
+    (["--box", "1,1,9,9", "--model", "musica19"], "not both"),
 ])
 def test_cli_bad_arguments(capsys, weights_file, args, words):
     code, _, err = run(capsys, "predict", EXAMPLE, "--weights", weights_file, *args)
@@ -159,9 +166,9 @@ def test_cli_refuses_to_overwrite_inputs(capsys, tmp_path, weights_file):
 
 
 def test_cli_weights_errors(capsys, tmp_path, monkeypatch):
-    monkeypatch.delenv(cli.WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv(cli.WEIGHTS_ENV, str(tmp_path / "none.h5"))
     code, _, err = run(capsys, "predict", EXAMPLE, "--box", "92,112,228,236")
-    assert code == 2 and "weights/musica68.h5" in err
+    assert code == 2 and "none.h5" in err and "does not exist" in err
     code, _, err = run(capsys, "predict", EXAMPLE, "--box", "92,112,228,236", "--weights", EXAMPLE)
     assert code == 2 and "not an HDF5 file" in err
     code, _, err = run(capsys, "info", tmp_path / "none.h5")

@@ -64,14 +64,20 @@ def _expand_images(args) -> list[str]:
     return paths
 
 
-def _atomic_write(path, write):
-    """Write a file through a temporary one in the same folder, renamed into place when complete: an
-    error leaves nothing half written. write(tmp_path) does the writing."""
+def _check_writable(path):
+    """InputError unless a file can be created at `path`: its folder exists and it is not a folder."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise InputError(f"cannot write {path!r}: folder {folder!r} does not exist")
     if os.path.isdir(path):
         raise InputError(f"cannot write {path!r}: it is a folder")
+
+
+def _atomic_write(path, write):
+    """Write a file through a temporary one in the same folder, renamed into place when complete: an
+    error leaves nothing half written. write(tmp_path) does the writing."""
+    _check_writable(path)
+    folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".musica-ref-", suffix=os.path.splitext(path)[1])
     os.close(fd)
     try:
@@ -116,6 +122,9 @@ def _plan_outputs(a, images):
         else:
             overlay_of = {p: os.path.join(overlay, os.path.splitext(os.path.basename(p))[0] + ".png")
                           for p in images}
+    for f in [o for o in (json_out, pts_file) if o and o != "-"] + ([overlay] if overlay_of and len(overlay_of) == 1
+                                                                     and overlay.lower().endswith((".png", ".jpg", ".jpeg")) else []):
+        _check_writable(f)
     stems = [os.path.splitext(os.path.basename(p))[0] for p in images]
     if (pts_dir or overlay_of and len(images) > 1) and len(set(stems)) != len(stems):
         raise InputError("two input images have the same file name; their outputs would clash in the folder")

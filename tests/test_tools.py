@@ -77,3 +77,31 @@ def test_time_predict_without_fresh_processes(capsys):
     for bad in (["--repeats", "0"], ["--fresh", "-1"]):
         with pytest.raises(SystemExit):
             time_predict.main(["--weights", w, *bad])
+
+
+def test_evaluate_boxes_and_choose_tf_on_a_synthetic_set(tmp_path, capsys):
+    """The box-convention table and the failure-threshold choice end to end (no detector, no real data)."""
+    from tools import choose_tf, evaluate_boxes
+    (tmp_path / "faces").mkdir()
+    folder = synthetic_folder(tmp_path / "faces", n=10)
+    w = tmp_path / "w.h5"
+    m.save_weights(w, m.random_weights(m.custom_variant(5, [0, 2, 4]), seed=2), dtype=np.float16)
+    evaluate_boxes.main(["--weights", str(w), "--data", str(folder), "--no-dlib", "--refine", "1"])
+    out = capsys.readouterr().out
+    lines = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.split()}
+    for name in ("tight", "square1.2", "square1.4", "shrunk0.85"):
+        assert lines[name][1] == "10" and np.isfinite(float(lines[name][2]))   # faces, NME_box
+    assert lines["tight"][4] == "1.000"                                          # its own ratio
+    # the conventions are what the docstring says
+    b = (10.0, 20.0, 50.0, 100.0)                                              # w 40, h 80
+    assert evaluate_boxes.SYNTHETIC["square1.2"](b) == (-18.0, 4.0, 78.0, 100.0)
+    assert evaluate_boxes.SYNTHETIC["square1.4"](b) == pytest.approx((-26.0, -8.0, 86.0, 104.0))
+    assert evaluate_boxes.SYNTHETIC["shrunk0.85"](b) == pytest.approx((13.0, 26.0, 47.0, 94.0))
+    choose_tf.main(["--weights", str(w), "--val", str(folder), "--test", str(folder), "--textures", "14",
+                    "--write"])
+    out = capsys.readouterr().out
+    tf = m.load_weights(w).default_tf
+    assert tf is not None and f"Tf = {tf:.4f}" in out and "non-face boxes flagged" in out
+    import h5py
+    with h5py.File(w) as f:                                                    # still stored as float16
+        assert f["iteration_0/recurrent/weight"].dtype == np.float16

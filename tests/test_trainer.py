@@ -30,6 +30,34 @@ def test_augmentations_keep_landmarks_on_the_image_content():
         assert np.all(box[:2] < box[2:])
 
 
+def test_detector_style_boxes_stay_in_their_family_and_off_by_default():
+    rng = np.random.default_rng(3)
+    aug = D.Augment()
+    assert aug.p_detector_box == 0.0                      # runs before the box family draw the same boxes
+    tight = np.array([10.0, 20.0, 50.0, 100.0])           # w 40, h 80
+    squares = 0
+    for _ in range(400):
+        b = D.detector_style_box(tight, aug, rng)
+        bw, bh = b[2] - b[0], b[3] - b[1]
+        cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+        assert -0.1 * 40 - 1e-9 <= cx - 30 <= 0.1 * 40 + 1e-9
+        assert -0.25 * 80 - 1e-9 <= cy - 60 <= 0.1 * 80 + 1e-9
+        if abs(bw - bh) < 1e-9:                           # a square: side from 0.8 to 1.6 max(w, h)
+            squares += 1
+            assert 0.8 * 80 - 1e-9 <= bw <= 1.6 * 80 + 1e-9
+        else:
+            assert 0.8 * 40 - 1e-9 <= bw <= 1.4 * 40 + 1e-9 and 0.8 * 80 - 1e-9 <= bh <= 1.6 * 80 + 1e-9
+    assert 150 < squares < 250
+    # with p_detector_box = 1 augment returns such a box around the augmented points' tight box
+    pts = np.array([[30, 30], [80, 28], [55, 50], [40, 70], [75, 72]], float)
+    only = D.Augment.off()
+    only = D.Augment(**{**vars(only), **{k: v for k, v in vars(D.Augment()).items() if k.startswith("box_")},
+                        "p_detector_box": 1.0})
+    _, _, _, box = D.augment(dot_image(pts), pts, np.ones(5, bool), None, only, rng)
+    w, h = 50, 44                                         # the points' tight box
+    assert box[2] - box[0] >= 0.8 * w - 1e-9 and box[3] - box[1] <= 1.6 * max(w, h) + 1e-9
+
+
 def test_flip_moves_points_with_the_pixels_and_twice_is_identity():
     rng = np.random.default_rng(2)
     for N in (68, 98):

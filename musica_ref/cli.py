@@ -80,8 +80,11 @@ def _atomic_write(path, write):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".musica-ref-", suffix=os.path.splitext(path)[1])
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)                  # as open() would create it, not mkstemp's 0600
         os.replace(tmp, path)
     except OSError as exc:
         raise InputError(f"cannot write {path!r}: {exc.strerror or exc}") from None
@@ -293,22 +296,24 @@ def cmd_count(a) -> int:
 
 def cmd_info(a) -> int:
     from .opcount import total_macs
-    from .weights import FORMAT_NAME, FORMAT_VERSION, load_weights
+    from .weights import FORMAT_NAME, load_weights
     from .models import resolve_model
     a.file = resolve_model(a.file)
     w = load_weights(a.file)
     v = w.variant
-    print(f"{a.file}: {FORMAT_NAME} version {FORMAT_VERSION}")
+    import h5py
+    with h5py.File(a.file, "r") as f:
+        version = int(f.attrs["format_version"])
+        dtype = f["iteration_0/recurrent/weight"].dtype
+    print(f"{a.file}: {FORMAT_NAME} version {version}, " + (
+        "every tensor's checksum verified" if version >= 2 else "no checksums (format version 1)"))
     print(f"variant {v.name}: N = {v.n_landmarks} landmarks, P = {v.n_patches} patches")
     print(f"patch indices: {list(v.patch_indices)}")
     print("default failure threshold tf: " + (f"{w.default_tf:.4f} ({w.default_tf * 100:.2f}%)"
                                               if w.default_tf is not None else "none stored (no face is flagged)"))
     print(f"parameters: {w.n_parameters():,d}; multiply-adds for 3 iterations: "
           f"{total_macs(v.n_landmarks, v.n_patches) / 1e6:.2f} M (full convention)")
-    import h5py
-    with h5py.File(a.file, "r") as f:
-        print(f"storage dtype: {f['iteration_0/recurrent/weight'].dtype}; file size "
-              f"{os.path.getsize(a.file) / 1e6:.1f} MB")
+    print(f"storage dtype: {dtype}; file size {os.path.getsize(a.file) / 1e6:.1f} MB")
     for k, val in sorted(w.provenance.items()):
         print(f"provenance.{k}: {val}")
     return 0

@@ -1,4 +1,4 @@
-"""The weights file: HDF5, format "musica-ref-weights", version 1 (documented in docs/weights-format.md).
+"""The weights file: HDF5, format "musica-ref-weights", version 2 (documented in docs/weights-format.md).
 
     /                       attrs: format, format_version, variant, n_landmarks, n_patches, n_iterations
     /patch_indices          (P,) int                  0-based landmark indices, in patch order
@@ -8,10 +8,14 @@
     /provenance             attrs: free-form (data set, epochs, validation NME, git commit, ...)
     optional root attribute default_tf: the failure threshold chosen for the model (tools/choose_tf.py)
 
-Loading checks everything and raises WeightsError naming the problem. No pickle anywhere.
+Version 2 adds a SHA-256 checksum (attribute `sha256`) to every dataset: load_weights verifies each and
+names the tensor that fails. Version 1 files (no checksums) still load. Every dataset's shape and dtype are
+checked from the file's metadata before any of it is read, so a file that declares a huge tensor is refused
+without allocating it. Loading raises WeightsError naming the problem. No pickle anywhere.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,7 +28,10 @@ from .network import TENSORS, tensor_shapes
 from .variants import Variant, custom_variant
 
 FORMAT_NAME = "musica-ref-weights"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                  # what save_weights writes
+READABLE_VERSIONS = (1, 2)          # 1: no checksums
+CHECKSUM_ATTR = "sha256"
+MAX_LANDMARKS = 1000                # a file declaring more is refused before any tensor is read
 FLOAT16_MAX = float(np.finfo(np.float16).max)   # 65504: larger values do not fit float16 storage
 N_ITERATIONS = len(geometry.ITERATION_LEVELS)
 
@@ -126,8 +133,21 @@ def _check_default_tf(v):
     return fv
 
 
+def checksum(a: np.ndarray) -> str:
+    """SHA-256 (hex) of an array's values as stored: C order, little-endian, its own dtype."""
+    a = np.ascontiguousarray(a)
+    return hashlib.sha256(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()).hexdigest()
+
+
+def _dataset(f, name, data):
+    ds = f.create_dataset(name, data=data)
+    ds.attrs[CHECKSUM_ATTR] = checksum(data)
+    return ds
+
+
 def save_weights(path, w: Weights, dtype=np.float32) -> None:
-    """Write `w` to `path` in format version 1, tensors stored as `dtype` (float32 or float16)."""
+    """Write `w` to `path` in format version 2, tensors stored as `dtype` (float32 or float16), every
+    dataset with its checksum."""
     import h5py
     dtype = np.dtype(dtype)
     if dtype not in (np.float16, np.float32):
@@ -147,14 +167,14 @@ def save_weights(path, w: Weights, dtype=np.float32) -> None:
         f.attrs["n_iterations"] = N_ITERATIONS
         if w.default_tf is not None:
             f.attrs["default_tf"] = float(w.default_tf)
-        f.create_dataset("patch_indices", data=np.asarray(w.variant.patch_indices, dtype=np.int32))
-        f.create_dataset("mean_shape", data=w.mean_shape.astype(np.float64))
+        _dataset(f, "patch_indices", np.asarray(w.variant.patch_indices, dtype=np.int32))
+        _dataset(f, "mean_shape", w.mean_shape.astype(np.float64))
         g = f.create_group("geometry")
         for k, v in _geometry_attrs(w.variant.n_landmarks).items():
             g.attrs[k] = v
         for i, it in enumerate(w.iterations):
             for name, a in it.items():
-                f.create_dataset(f"iteration_{i}/{name}", data=a.astype(dtype))
+                _dataset(f, f"iteration_{i}/{name}", a.astype(dtype))
         p = f.create_group("provenance")
         for k, v in w.provenance.items():
             p.attrs[k] = v
@@ -201,15 +221,21 @@ def load_weights(path, keep_float16=()) -> Weights:
 
 
 def _read(f, path, keep_float16=()) -> Weights:
+    import h5py
     fmt = _attr(f, "format")
     if fmt != FORMAT_NAME:
         raise WeightsError(f"{path!r} has format {fmt!r}, expected {FORMAT_NAME!r}")
     version = _int_attr(f, "format_version")
-    if version != FORMAT_VERSION:
-        raise WeightsError(f"{path!r} is format version {version}; this musica_ref reads version "
-                           f"{FORMAT_VERSION}. Re-export it with the trainer of a matching release.")
+    if version not in READABLE_VERSIONS:
+        raise WeightsError(f"{path!r} is format version {version}; this musica_ref reads versions "
+                           f"{', '.join(map(str, READABLE_VERSIONS))}. Re-export it with the trainer of a "
+                           f"matching release.")
+    read = _reader(version)
     N = _int_attr(f, "n_landmarks")
     P = _int_attr(f, "n_patches")
+    if not (1 <= N <= MAX_LANDMARKS and 1 <= P <= N):
+        raise WeightsError(f"the file declares N = {N} landmarks and P = {P} patches; this library takes "
+                           f"1 <= P <= N <= {MAX_LANDMARKS}")
     n_it = _int_attr(f, "n_iterations")
     if n_it != N_ITERATIONS:
         raise WeightsError(f"the file has n_iterations = {n_it}; this model runs {N_ITERATIONS}")
@@ -217,11 +243,14 @@ def _read(f, path, keep_float16=()) -> Weights:
     for key in ("patch_indices", "mean_shape", "geometry"):
         if key not in f:
             raise WeightsError(f"{path!r} has no {key!r} entry")
-    idx = f["patch_indices"][()]
-    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-        raise WeightsError(f"patch_indices must be a 1-D integer array, got {idx.dtype} {idx.shape}")
-    if len(idx) != P:
-        raise WeightsError(f"inconsistent variant: n_patches = {P} but patch_indices has {len(idx)} entries")
+    if not isinstance(f["patch_indices"], h5py.Dataset) or not isinstance(f["mean_shape"], h5py.Dataset):
+        raise WeightsError("patch_indices and mean_shape must be datasets")
+    ds = f["patch_indices"]
+    if len(ds.shape) != 1 or not np.issubdtype(ds.dtype, np.integer):
+        raise WeightsError(f"patch_indices must be a 1-D integer array, got {ds.dtype} {ds.shape}")
+    if ds.shape[0] != P:
+        raise WeightsError(f"inconsistent variant: n_patches = {P} but patch_indices has {ds.shape[0]} entries")
+    idx = read(ds, "patch_indices")
     try:
         variant = custom_variant(N, idx.tolist(), name=name)
     except ValueError as exc:
@@ -232,6 +261,7 @@ def _read(f, path, keep_float16=()) -> Weights:
         if got.shape != np.shape(expected) or not np.allclose(got, expected, rtol=0, atol=1e-9):
             raise WeightsError(f"geometry constant {key!r} is {got.tolist()} in the file but this library "
                                f"implements {np.asarray(expected).tolist()}")
+    shapes = tensor_shapes(N, P)
     its = []
     for i in range(N_ITERATIONS):
         it = {}
@@ -241,7 +271,16 @@ def _read(f, path, keep_float16=()) -> Weights:
         for tname in TENSORS:
             if tname not in grp:
                 raise WeightsError(f"tensor iteration_{i}/{tname} is missing")
-            a = grp[tname][()]
+            ds = grp[tname]
+            where = f"iteration_{i}/{tname}"
+            if not isinstance(ds, h5py.Dataset):
+                raise WeightsError(f"tensor {where} is not a dataset")
+            if ds.shape != shapes[tname]:                  # from the metadata, before reading anything
+                raise WeightsError(f"tensor {where} has shape {ds.shape}, expected {shapes[tname]} "
+                                   f"for N = {N} landmarks and P = {P} patches")
+            if ds.dtype not in (np.float16, np.float32, np.float64):
+                raise WeightsError(f"tensor {where} has dtype {ds.dtype}; store float32 or float16")
+            a = read(ds, where)
             # float16 files: widen tensor by tensor, so the whole half-size copy never coexists with the result
             it[tname] = a.astype(np.float32) if a.dtype == np.float16 and tname not in keep_float16 else a
         its.append(it)
@@ -251,7 +290,28 @@ def _read(f, path, keep_float16=()) -> Weights:
     tf = f.attrs.get("default_tf")
     if tf is not None and np.ndim(tf) != 0:
         raise WeightsError(f"default_tf has shape {np.shape(tf)}, expected one number")
-    return check_weights(Weights(variant, f["mean_shape"][()], its, prov, tf), keep_float16)
+    ds = f["mean_shape"]
+    if ds.shape != (N, 2) or ds.dtype.kind != "f":
+        raise WeightsError(f"mean_shape has shape {ds.shape} and dtype {ds.dtype}, expected ({N}, 2) float "
+                           f"for N = {N} landmarks")
+    return check_weights(Weights(variant, read(ds, "mean_shape"), its, prov, tf), keep_float16)
+
+
+def _reader(version):
+    """read(dataset, name) -> its array; for version 2, after checking its checksum."""
+    def read(ds, name):
+        a = ds[()]
+        if version >= 2:
+            want = ds.attrs.get(CHECKSUM_ATTR)
+            if want is None:
+                raise WeightsError(f"tensor {name} has no checksum (format version {version} gives every "
+                                   f"dataset one)")
+            want = want.decode() if isinstance(want, bytes) else str(want)
+            if checksum(a) != want:
+                raise WeightsError(f"tensor {name} fails its checksum: the file is corrupt (re-download or "
+                                   f"re-export it)")
+        return a
+    return read
 
 
 def random_weights(variant: Variant, seed: int = 0) -> Weights:

@@ -3,6 +3,7 @@ name, the stored failure threshold, refine, EXIF orientation, and the many-image
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 import zipfile
@@ -302,6 +303,9 @@ def test_cli_several_boxes_and_a_box_over_the_edge(capsys, tmp_path, weights19):
                      "--box", "92,112,228,236", "--out", str(tmp_path / "r.json")])
     assert code == 0, capsys.readouterr().err
     faces = json.loads((tmp_path / "r.json").read_text())["images"][0]["faces"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~umask      # an ordinary new file
     assert [f["box"] for f in faces] == [[-10, -10, 50, 50], [92, 112, 228, 236]]
     code = cli.main(["predict", str(EXAMPLE), "--weights", str(weights19), "--box", "-10,-10,50,50",
                      "--box", "92,112,228,236", "--out", str(tmp_path / "r.pts")])

@@ -1,4 +1,5 @@
-"""The weights file, format version 1: round trip, and one test per failure mode of the loader."""
+"""The weights file, format version 2 (version 1 still read): round trip, and one test per failure mode of
+the loader."""
 from pathlib import Path
 
 import h5py
@@ -19,9 +20,15 @@ def good(tmp_path):
     return path
 
 
-def edit(path, fn):
+def edit(path, fn, rehash=True):
+    """Change the file with fn(f); rehash: then give every dataset the checksum of what it now holds (a file
+    whose exporter wrote bad values), else leave the old checksums (a file damaged after it was written)."""
+    from musica_ref.weights import checksum
     with h5py.File(path, "r+") as f:
         fn(f)
+        if rehash:
+            f.visititems(lambda name, ds: ds.attrs.__setitem__("sha256", checksum(ds[()]))
+                         if isinstance(ds, h5py.Dataset) else None)
     return path
 
 
@@ -47,7 +54,7 @@ def test_round_trip(tmp_path, dtype):
     assert back.provenance["data"] == "none (random)"
     with h5py.File(tmp_path / "w.h5") as f:
         assert f["iteration_2/recurrent/weight"].dtype == dtype
-        assert f.attrs["format"] == FORMAT_NAME and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == FORMAT_NAME and f.attrs["format_version"] == 2
 
 
 def test_missing_file(tmp_path):
@@ -75,7 +82,61 @@ def test_wrong_format_name(good):
 
 
 def test_wrong_version(good):
-    raises(edit(good, lambda f: f.attrs.__setitem__("format_version", 2)), "version 2", "reads version 1")
+    raises(edit(good, lambda f: f.attrs.__setitem__("format_version", 3)), "version 3", "reads versions 1, 2")
+
+
+def test_version_1_files_load_without_checksums(good, capsys):
+    """A version 1 file (no checksum attributes) loads as before, and `info` says it has no checksums."""
+    from musica_ref import cli
+
+    def to_v1(f):
+        f.attrs["format_version"] = 1
+        f.visit(lambda name: f[name].attrs.pop("sha256", None) if isinstance(f[name], h5py.Dataset) else None)
+    edit(good, to_v1)
+    ref = m.random_weights(SMALL, seed=1)
+    back = m.load_weights(good)
+    np.testing.assert_array_equal(back.iterations[1]["conv1/weight"], ref.iterations[1]["conv1/weight"])
+    assert cli.main(["info", str(good)]) == 0
+    assert "version 1, no checksums" in capsys.readouterr().out
+
+
+def test_a_flipped_bit_is_caught_and_its_tensor_named(good, capsys):
+    from musica_ref import cli
+
+    def flip(f):
+        ds = f["iteration_1/conv2/weight"]
+        a = ds[()]
+        a.view(np.uint32).reshape(-1)[17] ^= 1 << 3            # one bit of one weight
+        ds[...] = a
+    raises(edit(good, flip, rehash=False), "iteration_1/conv2/weight", "checksum")
+    assert cli.main(["info", str(good)]) == 2
+    assert "iteration_1/conv2/weight fails its checksum" in capsys.readouterr().err
+
+
+def test_a_version_2_tensor_without_checksum_is_refused(good):
+    raises(edit(good, lambda f: f["mean_shape"].attrs.pop("sha256"), rehash=False), "mean_shape has no checksum")
+
+
+def test_a_huge_declared_tensor_is_refused_before_reading(tmp_path):
+    """A file that declares one tensor as (400000, 10000) float32 (15 GiB, stored sparse: a few KB on disk)
+    is refused from its metadata, without allocating it."""
+    import resource
+    p = tmp_path / "w.h5"
+    m.save_weights(p, m.random_weights(SMALL, seed=1))
+    with h5py.File(p, "r+") as f:
+        del f["iteration_0/recurrent/weight"]
+        f.create_dataset("iteration_0/recurrent/weight", shape=(400000, 10000), dtype=np.float32,
+                         chunks=(1000, 1000))                   # never written: no chunk on disk
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    raises(p, "iteration_0/recurrent/weight", "shape (400000, 10000)")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000   # KB: nothing near 15 GiB
+
+
+@pytest.mark.parametrize("N, P", [(10 ** 7, 2), (5, 6), (0, 0)])
+def test_absurd_sizes_are_refused_before_reading(good, N, P):
+    def setsize(f):
+        f.attrs["n_landmarks"], f.attrs["n_patches"] = N, P
+    raises(edit(good, setsize), f"N = {N} landmarks and P = {P} patches")
 
 
 def test_non_integer_attribute(good):

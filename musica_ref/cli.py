@@ -158,6 +158,11 @@ def cmd_predict(a) -> int:
     from .model import MuSiCa
 
     images = _expand_images(a.image)
+    if a.max_pixels is not None:
+        if a.max_pixels < 1:
+            raise InputError(f"--max-pixels must be >= 1, got {a.max_pixels}")
+        from PIL import Image
+        Image.MAX_IMAGE_PIXELS = a.max_pixels
     if a.box and a.pts:
         raise InputError("give --box or --pts, not both")
     if (a.box or a.pts) and len(images) != 1:
@@ -273,24 +278,30 @@ def _report(path, results, detected):
               file=sys.stderr)
 
 
+def _variant_from(a):
+    """The variant of --variant or --landmarks N [--patches P] (patches at the first P landmarks; every
+    landmark without --patches): one rule for count and random-weights."""
+    from .variants import custom_variant, get_variant
+    if a.variant and (a.landmarks is not None or a.patches is not None):
+        raise InputError("give --variant or --landmarks/--patches, not both")
+    try:
+        if a.landmarks is None and a.patches is None:
+            return get_variant(a.variant or "musica68")
+        if a.landmarks is None:
+            raise InputError("--patches P needs --landmarks N")
+        if a.patches is not None and not 1 <= a.patches <= a.landmarks:
+            raise InputError(f"--patches must be from 1 to --landmarks ({a.landmarks}), got {a.patches}")
+        return custom_variant(a.landmarks, range(a.patches) if a.patches is not None else None)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
 def cmd_count(a) -> int:
     from . import opcount
-    from .variants import get_variant
-    if a.variant and (a.landmarks or a.patches):
-        raise InputError("give --variant or --landmarks/--patches, not both")
-    if a.landmarks or a.patches:
-        if not (a.landmarks and a.patches) or a.landmarks < 1 or a.patches < 1:
-            raise InputError("--landmarks N and --patches P go together, both >= 1")
-        N, P = a.landmarks, a.patches
-    else:
-        try:
-            v = get_variant(a.variant or "musica68")
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        N, P = v.n_landmarks, v.n_patches
+    v = _variant_from(a)
     print(opcount.format_table1())
     print()
-    print(opcount.format_breakdown(N, P))
+    print(opcount.format_breakdown(v.n_landmarks, v.n_patches))
     return 0
 
 
@@ -320,16 +331,15 @@ def cmd_info(a) -> int:
 
 
 def cmd_random_weights(a) -> int:
-    from .variants import custom_variant, get_variant
     from .weights import random_weights, save_weights
     if os.path.exists(a.out) and not a.force:
         raise InputError(f"{a.out!r} exists; pass --force to replace it")
-    try:
-        v = (custom_variant(a.landmarks, range(a.patches) if a.patches else None)
-             if a.landmarks else get_variant(a.variant))
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    save_weights(a.out, random_weights(v, seed=a.seed), dtype=np.float16 if a.float16 else np.float32)
+    _check_writable(a.out)
+    if a.seed < 0:
+        raise InputError(f"--seed must be >= 0, got {a.seed}")
+    v = _variant_from(a)
+    _atomic_write(a.out, lambda tmp: save_weights(tmp, random_weights(v, seed=a.seed),
+                                                  dtype=np.float16 if a.float16 else np.float32))
     print(f"wrote random weights for {v.name} (N = {v.n_landmarks}, P = {v.n_patches}) to {a.out}; "
           "their predictions are meaningless: they exercise the engine, nothing more")
     return 0
@@ -337,6 +347,8 @@ def cmd_random_weights(a) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="musica-ref", description="MuSiCa face alignment on the CPU (NumPy + Numba).")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"musica-ref {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser("predict", help="landmarks of every face in one or more images",
@@ -358,12 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--overlay", help="draw the faces on the image into FILE.png (one image) or a folder")
     q.add_argument("--int8", action="store_true",
                    help="recurrent layers as int8 with a scale per unit: faster at batch 1, slightly less accurate")
+    q.add_argument("--max-pixels", type=int, help="refuse images with more pixels than this (default: Pillow's "
+                   "limit, about 89 million)")
     q.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("count", help="multiply-adds and parameters: paper Table 1 and a per-layer breakdown")
     c.add_argument("--variant", help="musica68 (default), musica34, musica19, musica98, musica49")
-    c.add_argument("--landmarks", type=int, help="N, with --patches")
-    c.add_argument("--patches", type=int, help="P, with --landmarks")
+    c.add_argument("--landmarks", type=int, help="custom N")
+    c.add_argument("--patches", type=int, help="P, with --landmarks (default: every landmark)")
     c.set_defaults(func=cmd_count)
 
     i = sub.add_parser("info", help="describe a weights file")
@@ -372,9 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("random-weights", help="write a valid weights file with random values (for trying the engine)")
     r.add_argument("out")
-    r.add_argument("--variant", default="musica68")
+    r.add_argument("--variant", help="musica68 (default), musica34, musica19, musica98, musica49")
     r.add_argument("--landmarks", type=int, help="custom N (patches at the first --patches landmarks)")
-    r.add_argument("--patches", type=int)
+    r.add_argument("--patches", type=int, help="P, with --landmarks (default: every landmark)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--float16", action="store_true", help="store tensors as float16")
     r.add_argument("--force", action="store_true", help="replace an existing file")

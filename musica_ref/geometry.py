@@ -34,6 +34,8 @@ PATCH_BEFORE = PATCH_SIZE // 2   # a patch at x covers columns floor(x) - 7 .. f
 EYE_CORNERS = {68: (36, 45), 98: (60, 72)}
 # a box this many times larger than its image is refused (it would only resample zero padding)
 MAX_BOX_TO_IMAGE = 20
+# a box whose longer side is under this (in pixels) is refused: its scale 142 / side would overflow
+MIN_BOX_SIDE = 1e-9
 # slack when turning a real extent into a pixel count, so that 227.99999999 and 228.0 give the same size
 _SIZE_EPS = 1e-6
 
@@ -75,6 +77,8 @@ def check_box(box, image_shape=None) -> np.ndarray:
     if x1 <= x0 or y1 <= y0:
         raise InputError(f"box has zero or negative size: (x0, y0, x1, y1) = {b.tolist()} "
                          f"gives w = {x1 - x0:g}, h = {y1 - y0:g}; both must be > 0")
+    if max(x1 - x0, y1 - y0) < MIN_BOX_SIDE:
+        raise InputError(f"box {b.tolist()} is smaller than {MIN_BOX_SIDE:g} px on its longer side")
     if image_shape is not None:
         H, W = image_shape[:2]
         # pixel centres span [0, W-1] x [0, H-1]; a pixel covers +-0.5 around its centre

@@ -62,9 +62,12 @@ def test_input_is_not_modified(model, rgb):
 @pytest.mark.parametrize("box, words", [
     ((500, 500, 600, 600), "outside"), ((-50, -50, -10, -10), "outside"), ((10, 10, 10, 50), "zero or negative"),
     ((30, 30, 20, 50), "zero or negative"), ((np.nan, 1, 5, 5), "non-finite"), ((1, 2, 3), "4 numbers"),
-    ((0, 0, 1e9, 50), "larger than"),
+    ((0, 0, 1e9, 50), "larger than"), ((0, 0, 5e-324, 5e-324), "smaller than"), ((0, 0, 1e-12, 5), None),
 ])
 def test_bad_boxes(model, rgb, box, words):
+    if words is None:                                     # tiny on one side only: a valid (if odd) box
+        finite(model.predict(rgb, box))
+        return
     with pytest.raises(m.InputError, match=words):
         model.predict(rgb, box)
 
@@ -187,10 +190,31 @@ def test_cli_count_and_info(capsys, weights_file):
     assert code == 0 and "N = 98 landmarks, P = 44 patches" in out
     code, _, err = run(capsys, "count", "--variant", "musica7")
     assert code == 2 and "unknown variant" in err
-    code, _, err = run(capsys, "count", "--landmarks", "68")
-    assert code == 2 and "go together" in err
+    code, out, _ = run(capsys, "count", "--landmarks", "68")
+    assert code == 0 and "N = 68 landmarks, P = 68 patches" in out
     code, out, _ = run(capsys, "info", weights_file)
     assert code == 0 and "musica19" in out and "float16" in out and "P = 19" in out
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--patches", "5"], "needs --landmarks"), (["--landmarks", "5", "--patches", "6"], "from 1 to --landmarks (5)"),
+    (["--landmarks", "0"], "at least one landmark"), (["--landmarks", "5", "--patches", "0"], "from 1 to"),
+    (["--variant", "musica19", "--landmarks", "5"], "not both"),
+])
+def test_count_and_random_weights_share_one_rule(capsys, tmp_path, args, words):
+    for cmd in (["count"], ["random-weights", str(tmp_path / "w.h5")]):
+        code, _, err = run(capsys, *cmd, *args)
+        assert code == 2 and words in err and err.count("\n") == 1, (cmd, err)
+    assert not (tmp_path / "w.h5").exists()
+
+
+def test_random_weights_refuses_bad_seeds_and_missing_folders(capsys, tmp_path):
+    code, _, err = run(capsys, "random-weights", tmp_path / "w.h5", "--seed=-1")
+    assert code == 2 and "--seed must be >= 0" in err and not (tmp_path / "w.h5").exists()
+    code, _, err = run(capsys, "random-weights", tmp_path / "no" / "w.h5")
+    assert code == 2 and "does not exist" in err and err.count("\n") == 1
+    code, out, _ = run(capsys, "random-weights", tmp_path / "w.h5", "--landmarks", "7", "--patches", "2")
+    assert code == 0 and "N = 7, P = 2" in out and [p.name for p in tmp_path.iterdir()] == ["w.h5"]
 
 
 def test_cli_subprocess_reports_errors_without_traceback(tmp_path):
@@ -211,3 +235,21 @@ def test_pts_reader_errors(tmp_path):
         m.read_pts(tmp_path / "none.pts")
     (tmp_path / "ok.pts").write_text("version: 1\nn_points: 2\n{\n1 1\n10.5 3\n}\n")
     np.testing.assert_array_equal(m.read_pts(tmp_path / "ok.pts"), [[0, 0], [9.5, 2]])
+
+
+def test_images_over_the_pixel_limit_are_one_clear_line(capsys, tmp_path, weights_file):
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((60, 80), np.uint8)).save(path)
+    from PIL import Image as PILImage
+    before = PILImage.MAX_IMAGE_PIXELS
+    try:
+        for limit in (4000, 2000):                     # over Pillow's limit (its warning), over twice it (its error)
+            code, _, err = run(capsys, "predict", path, "--box", "1,1,9,9", "--weights", weights_file,
+                               "--max-pixels", limit)
+            assert code == 2 and err.count("\n") == 1 and f"limit of {limit:,d} pixels" in err, err
+            assert "--max-pixels" in err
+        code, _, err = run(capsys, "predict", path, "--box", "1,1,9,9", "--weights", weights_file,
+                           "--max-pixels", 4800)
+        assert code == 0, err
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = before

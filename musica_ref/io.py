@@ -12,8 +12,11 @@ import numpy as np
 from .errors import InputError
 
 
-def as_rgb(image) -> np.ndarray:
+def as_rgb(image, channels: str = "rgb") -> np.ndarray:
     """Check an image array and return it as (H, W, 3), uint8 or float32, never modifying the input.
+
+    channels: "rgb" (default), or "bgr" for arrays in OpenCV's order (cv2.imread): their channels are
+    reversed (a 4-channel BGRA array loses its alpha first).
 
     Accepts (H, W), (H, W, 1), (H, W, 3) and (H, W, 4) arrays of uint8 (used as is), other integer types
     (16-bit images included) or floats (converted to float32; the model's global normalisation makes the
@@ -33,10 +36,14 @@ def as_rgb(image) -> np.ndarray:
         raise InputError(f"image has shape {image.shape}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
     if image.size == 0 or image.shape[0] == 0 or image.shape[1] == 0:
         raise InputError(f"image is empty (shape {image.shape})")
+    if channels not in ("rgb", "bgr"):
+        raise InputError(f'channels must be "rgb" or "bgr", got {channels!r}')
     if image.ndim == 2:
         image = image[:, :, None]
     if image.shape[2] == 4:
         image = image[:, :, :3]                                  # drop alpha
+    if channels == "bgr" and image.shape[2] == 3:
+        image = image[:, :, ::-1]
     if image.dtype != np.uint8:
         if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):
             raise InputError("image has NaN or infinite values")
@@ -86,11 +93,16 @@ def load_image(path) -> np.ndarray:
 def read_pts(path) -> np.ndarray:
     """Read a 300W `.pts` file -> (N, 2) float64 (x, y), 0-based."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InputError(f"{path!r} is a folder, not a .pts file")
     if not os.path.isfile(path):
         raise InputError(f"points file {path!r} does not exist")
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if raw.startswith(b"\xef\xbb\xbf"):                      # a UTF-8 byte-order mark, as some editors write
+        raw = raw[3:]
     try:
-        with open(path, encoding="ascii", errors="strict") as fh:
-            text = fh.read()
+        text = raw.decode("ascii")
     except UnicodeDecodeError:
         raise InputError(f"{path!r} is not a text .pts file") from None
     if "{" not in text or "}" not in text:

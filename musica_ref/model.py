@@ -36,6 +36,19 @@ from .models import DEFAULT_MODEL, resolve_model
 from .weights import Weights, load_weights
 
 
+def _box_list(boxes) -> list:
+    """`boxes` as a list, refusing one bare box (4 numbers) where a list of boxes belongs."""
+    if isinstance(boxes, np.ndarray) and boxes.ndim == 1 or (
+            isinstance(boxes, (tuple, list)) and len(boxes) == 4
+            and all(isinstance(v, (int, float, np.number)) for v in boxes)):
+        raise InputError("boxes must be a list of boxes; got one box (x0, y0, x1, y1): use predict(image, box) "
+                         "or predict_batch(image, [box])")
+    try:
+        return list(boxes)
+    except TypeError:
+        raise InputError(f"boxes must be a list of boxes (x0, y0, x1, y1), got {type(boxes).__name__}") from None
+
+
 def _refined_box(result, box):
     """The tight box of a result's landmarks, the box for the next run of refine; `box` where the
     landmarks span less than a pixel in either direction (a box no run could use)."""
@@ -128,22 +141,26 @@ class MuSiCa:
         keep = QUANTIZED if recurrent in ("stored", "float16", "int8") else ()
         return cls(load_weights(resolve_model(model), keep_float16=keep), recurrent=recurrent)
 
-    def predict(self, image, box, ts: float = 0.0, tf: float | None = None, refine: int = 0) -> Result:
-        """Landmarks of the face in `box` (x0, y0, x1, y1) of `image` ((H, W, 3) RGB array, or a file path).
+    def predict(self, image, box, ts: float = 0.0, tf: float | None = None, refine: int = 0,
+                channels: str = "rgb") -> Result:
+        """Landmarks of the face in `box` (x0, y0, x1, y1) of `image` ((H, W, 3) array, or a file path).
 
         ts: stop after iteration i if E(i) < ts (ts = 0 runs every iteration).
         tf: the result is a failure if E of the last iteration run > tf; None: the model's default_tf.
         refine: run again this many times, each on the tight box of the previous landmarks (0 to MAX_REFINE).
+        channels: "rgb", or "bgr" for arrays in OpenCV's channel order.
         """
-        return self.predict_batch([image], [box], ts=ts, tf=tf, refine=refine)[0]
+        if not isinstance(box, (tuple, list, np.ndarray)):
+            raise InputError(f"box must be 4 numbers (x0, y0, x1, y1), got {type(box).__name__}")
+        return self.predict_batch([image], [box], ts=ts, tf=tf, refine=refine, channels=channels)[0]
 
     def predict_image(self, image, ts: float = 0.0, tf: float | None = None, refine: int = 0,
-                      detector=None) -> list[Result]:
+                      detector=None, channels: str = "rgb") -> list[Result]:
         """Find the faces of `image` (array or file path) and return one Result per face, most confident
         first, each with its detected `box` and detector `score`. detector: None for dlib's HOG detector
         (the `detect` extra), or any callable image -> boxes (musica_ref.detect.detect_faces says how)."""
         from .detect import detect_faces
-        rgb = as_rgb(_read_if_path(image))
+        rgb = as_rgb(_read_if_path(image), channels)
         faces = detect_faces(rgb, detector=detector)
         results = self.predict_batch(rgb, [f.box for f in faces], ts=ts, tf=tf, refine=refine)
         for r, f in zip(results, faces):
@@ -151,21 +168,31 @@ class MuSiCa:
         return results
 
     def predict_batch(self, images, boxes, ts: float = 0.0, tf: float | None = None,
-                      refine: int = 0) -> list[Result]:
+                      refine: int = 0, channels: str = "rgb") -> list[Result]:
         """Many faces in one call: `images` is one image (then every box is in it) or a list (or tuple) of
-        images, one per box. Returns one Result per box, identical to calling `predict` on each.
+        images, one per box. Returns one Result per box, identical to calling `predict` on each. Every box
+        is checked before any face runs; an error names the box's index.
 
         The faces run BATCH_CHUNK at a time. Their pyramids (about 0.8 MB a face) live in one buffer that
         the model keeps for its next call (fresh memory costs page faults, 10-15% of a batch's time on a
         virtual machine); calls from several threads at once each get their own."""
         ts, tf = _check_thresholds(ts, self.default_tf if tf is None else tf, refine)
-        boxes = list(boxes)
+        boxes = _box_list(boxes)
         if not isinstance(images, (list, tuple)):          # one image (array, array-like or path) for every box
             images = [_read_if_path(images)] * len(boxes)
         images = [_read_if_path(im) for im in images]
         if len(images) != len(boxes):
             raise InputError(f"got {len(images)} images for {len(boxes)} boxes; give one image, or one per box")
-        given = [tuple(float(v) for v in geometry.check_box(b)) for b in boxes]
+        done = {}                                           # checked and converted once per distinct image
+        images = [done[id(im)] if id(im) in done else done.setdefault(id(im), as_rgb(im, channels))
+                  for im in images]
+        given = []
+        for i, (im, b) in enumerate(zip(images, boxes)):
+            try:
+                given.append(tuple(float(v) for v in geometry.check_box(
+                    b, im.shape if isinstance(im, np.ndarray) and im.ndim >= 2 else None)))
+            except InputError as exc:
+                raise InputError(f"box {i} of {len(boxes)}: {exc}" if len(boxes) > 1 else str(exc)) from None
         results = self._run(images, boxes, ts, tf)
         for _ in range(refine):                             # again, on the box of the landmarks just found
             again = self._run(images, [_refined_box(r, b) for r, b in zip(results, boxes)], ts, tf)

@@ -253,3 +253,39 @@ def test_images_over_the_pixel_limit_are_one_clear_line(capsys, tmp_path, weight
         assert code == 0, err
     finally:
         PILImage.MAX_IMAGE_PIXELS = before
+
+
+def test_pts_with_a_byte_order_mark_and_folders_named_as_folders(tmp_path, capsys, weights_file):
+    (tmp_path / "bom.pts").write_bytes(b"\xef\xbb\xbfversion: 1\nn_points: 2\n{\n1 1\n10.5 3\n}\n")
+    np.testing.assert_array_equal(m.read_pts(tmp_path / "bom.pts"), [[0, 0], [9.5, 2]])
+    with pytest.raises(m.InputError, match="is a folder"):
+        m.read_pts(tmp_path)
+    with pytest.raises(m.InputError, match="is a folder"):
+        m.load_image(tmp_path)
+    code, _, err = run(capsys, "predict", EXAMPLE, "--pts", tmp_path, "--weights", weights_file)
+    assert code == 2 and "is a folder" in err
+
+
+def test_batch_boxes_are_all_checked_first_and_named_by_index(model, rgb):
+    boxes = [BOX] * 5 + [(10, 10, 5, 5)] + [BOX] * 3
+    with pytest.raises(m.InputError, match=r"^box 5 of 9: box has zero or negative size"):
+        model.predict_batch(rgb, boxes)
+    for bare in (BOX, list(BOX), np.asarray(BOX, float)):
+        with pytest.raises(m.InputError, match="a list of boxes; got one box"):
+            model.predict_batch(rgb, bare)
+    with pytest.raises(m.InputError, match="a list of boxes"):
+        model.predict_batch(rgb, 7)
+    with pytest.raises(m.InputError, match="4 numbers"):
+        model.predict(rgb, 7)
+
+
+def test_paths_and_bgr_arrays(model, tmp_path):
+    img = np.random.default_rng(9).integers(0, 256, (70, 80, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    ref = model.predict(img, BOX)
+    for same in (model.predict(str(tmp_path / "a.png"), BOX), model.predict(tmp_path / "a.png", BOX),
+                 model.predict(img[:, :, ::-1], BOX, channels="bgr"),
+                 model.predict_batch([img[:, :, ::-1]] * 2, [BOX, BOX], channels="bgr")[1]):
+        np.testing.assert_array_equal(same.landmarks, ref.landmarks)
+    with pytest.raises(m.InputError, match='"rgb" or "bgr"'):
+        model.predict(img, BOX, channels="rgba")

@@ -63,30 +63,33 @@ def load_image(path) -> np.ndarray:
     if not os.path.isfile(path):
         raise InputError(f"image file {path!r} does not exist")
     import warnings
-    try:
-        with warnings.catch_warnings():                           # Pillow's size guard: an error, not a warning
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with warnings.catch_warnings():
+        # Pillow's notes on damaged files (skipped tags, a truncated read) are not printed: a file it cannot
+        # decode raises below. Its size guard is an error here, not a warning.
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
             raw = Image.open(path)
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise InputError(f"{path!r} is larger than the limit of {Image.MAX_IMAGE_PIXELS:,d} pixels (Pillow's "
-                         f"guard against decompression bombs); raise it with --max-pixels N on the command "
-                         f"line, or PIL.Image.MAX_IMAGE_PIXELS = N in Python") from None
-    except UnidentifiedImageError:
-        raise InputError(f"{path!r} is not an image file Pillow can read") from None
-    except OSError as exc:
-        raise InputError(f"{path!r} could not be opened as an image: {exc}") from None
-    try:
-        with raw:
-            raw.load()
-            im = ImageOps.exif_transpose(raw)                     # orientations 2-8 turned upright
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = np.asarray(im)                              # 16/32-bit grayscale: keep the values
-            elif im.mode == "RGB":
-                arr = np.asarray(im)
-            else:
-                arr = np.asarray(im.convert("RGB"))               # L, LA, P, RGBA, CMYK, ...
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path!r} could not be decoded as an image: {exc}") from None
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise InputError(f"{path!r} is larger than the limit of {Image.MAX_IMAGE_PIXELS:,d} pixels "
+                             f"(Pillow's guard against decompression bombs); raise it with --max-pixels N on "
+                             f"the command line, or PIL.Image.MAX_IMAGE_PIXELS = N in Python") from None
+        except UnidentifiedImageError:
+            raise InputError(f"{path!r} is not an image file Pillow can read") from None
+        except OSError as exc:
+            raise InputError(f"{path!r} could not be opened as an image: {exc}") from None
+        try:
+            with raw:
+                raw.load()
+                im = ImageOps.exif_transpose(raw)                 # orientations 2-8 turned upright
+                if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                    arr = np.asarray(im)                          # 16/32-bit grayscale: keep the values
+                elif im.mode == "RGB":
+                    arr = np.asarray(im)
+                else:
+                    arr = np.asarray(im.convert("RGB"))           # L, LA, P, RGBA, CMYK, ...
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise InputError(f"{path!r} could not be decoded as an image: {exc}") from None
     return as_rgb(arr)
 
 

@@ -136,8 +136,15 @@ def main(argv=None):
           f"by |yaw|: NME_box (ratio to the tight box on the same faces)" if bins is not None else
           f"{Path(a.data).name}: {len(faces)} faces; NME_box in % of sqrt(w h) of the tight box")
     if det_s is not None:
-        print(f"dlib detector: {sum(b is not None for b in conventions['dlib'])} faces found, "
-              f"{det_s * 1e3:.1f} ms per image")
+        rel = np.array([((d[2] - d[0]) / (t[2] - t[0]), (d[3] - d[1]) / (t[3] - t[1]),
+                         ((d[0] + d[2]) - (t[0] + t[2])) / 2 / (t[2] - t[0]),
+                         ((d[1] + d[3]) - (t[1] + t[3])) / 2 / (t[3] - t[1]))
+                        for d, t in zip(conventions["dlib"], faces.boxes) if d is not None])
+        q = np.percentile(rel, [10, 50, 90], axis=0) if len(rel) else np.full((3, 4), np.nan)
+        print(f"dlib detector: {len(rel)} faces found, {det_s * 1e3:.1f} ms per image; its box against the "
+              f"tight box (10th / 50th / 90th percentile): width {'/'.join(f'{v:.2f}' for v in q[:, 0])} w, "
+              f"height {'/'.join(f'{v:.2f}' for v in q[:, 1])} h, centre moved "
+              f"{'/'.join(f'{v:+.2f}' for v in q[:, 2])} w, {'/'.join(f'{v:+.2f}' for v in q[:, 3])} h")
     for w in a.weights:
         model = m.MuSiCa.load(w)
         t0 = time.perf_counter()

@@ -178,6 +178,10 @@ def cmd_predict(a) -> int:
     ts = _threshold(a.ts, "ts") or 0.0
     given = [_parse_box(b) for b in a.box] if a.box else [tight_box(read_pts(a.pts)).tolist()] if a.pts else None
     model = MuSiCa.load(weights_path, recurrent="int8" if a.int8 else "stored")
+    from .warmup import cache_is_cold
+    if cache_is_cold():
+        print("musica-ref: compiling the Numba kernels for this CPU (once per environment; later runs load them "
+              "from the cache; `musica-ref warmup` does it ahead) ...", file=sys.stderr, flush=True)
     if given is None:                                   # detection: fail now, not after loading the first image
         from .detect import default_detector
         default_detector()
@@ -345,6 +349,13 @@ def cmd_random_weights(a) -> int:
     return 0
 
 
+def cmd_warmup(a) -> int:
+    from .warmup import compile_all
+    seconds = compile_all(progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(f"every kernel compiled or loaded from the cache in {seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="musica-ref", description="MuSiCa face alignment on the CPU (NumPy + Numba).")
     from . import __version__
@@ -379,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--landmarks", type=int, help="custom N")
     c.add_argument("--patches", type=int, help="P, with --landmarks (default: every landmark)")
     c.set_defaults(func=cmd_count)
+
+    w = sub.add_parser("warmup", help="compile every kernel now (once per environment), e.g. in a container build")
+    w.set_defaults(func=cmd_warmup)
 
     i = sub.add_parser("info", help="describe a weights file")
     i.add_argument("file", help=f"a weights file, or a model name ({', '.join(MODELS)})")

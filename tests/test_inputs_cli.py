@@ -1,5 +1,6 @@
 """Bad input to predict and to the command line: a clear error, never a crash or a NaN."""
 import json
+import os
 import subprocess
 import sys
 
@@ -289,3 +290,14 @@ def test_paths_and_bgr_arrays(model, tmp_path):
         np.testing.assert_array_equal(same.landmarks, ref.landmarks)
     with pytest.raises(m.InputError, match='"rgb" or "bgr"'):
         model.predict(img, BOX, channels="rgba")
+
+
+def test_a_cold_cache_is_noticed_and_warmup_compiles_everything(tmp_path, capsys):
+    code = "from musica_ref.warmup import cache_is_cold; print(cache_is_cold())"
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty"))
+    cold = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert cold.stdout.strip() == "True", cold.stderr
+    assert cli.main(["warmup"]) == 0
+    assert "every kernel compiled or loaded from the cache" in capsys.readouterr().err
+    from musica_ref.warmup import cache_is_cold
+    assert not cache_is_cold()

@@ -155,7 +155,7 @@ class _Progress:
 def cmd_predict(a) -> int:
     from .geometry import tight_box
     from .io import load_image, read_pts, write_pts
-    from .model import MuSiCa
+    from .model import DETECTED_REFINE, MuSiCa
 
     images = _expand_images(a.image)
     if a.max_pixels is not None:
@@ -191,9 +191,10 @@ def cmd_predict(a) -> int:
         try:
             image = load_image(path)
             if given is not None:
-                results = model.predict_batch(image, given, ts=ts, tf=tf, refine=a.refine)
+                results = model.predict_batch(image, given, ts=ts, tf=tf, refine=a.refine or 0)
             else:
-                results = model.predict_image(image, ts=ts, tf=tf, refine=a.refine)
+                results = model.predict_image(image, ts=ts, tf=tf, refine=DETECTED_REFINE if a.refine is None
+                                              else a.refine)
         except MusicaError as exc:
             if len(images) == 1:
                 raise
@@ -374,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "default 0: run every iteration")
     q.add_argument("--tf", help="flag a face as failed if its last E > tf (fraction or percentage); default: "
                    "the model's own threshold")
-    q.add_argument("--refine", type=int, default=0,
-                   help="run again this many times, each on the box of the landmarks found (0-3; default 0)")
+    q.add_argument("--refine", type=int, help="run again this many times, each on the box of the landmarks "
+                   "found (0-3; default 1 for detected faces, 0 for --box and --pts)")
     q.add_argument("--out", help="FILE.json (every image and face), FILE.pts (one face, 1-based), a folder "
                    "(one IMAGE_k.pts per face), or - for JSON on standard output alone (the default)")
     q.add_argument("--overlay", help="draw the faces on the image into FILE.png (one image) or a folder")

@@ -67,6 +67,8 @@ def _read_if_path(image):
 BATCH_CHUNK = 128
 # refine = k runs the model k more times, each on the tight box of the previous run's landmarks
 MAX_REFINE = 3
+# predict_image's refine: chosen on the validation set's detector-style boxes (docs/accuracy.md)
+DETECTED_REFINE = 1
 
 
 @dataclass
@@ -154,11 +156,15 @@ class MuSiCa:
             raise InputError(f"box must be 4 numbers (x0, y0, x1, y1), got {type(box).__name__}")
         return self.predict_batch([image], [box], ts=ts, tf=tf, refine=refine, channels=channels)[0]
 
-    def predict_image(self, image, ts: float = 0.0, tf: float | None = None, refine: int = 0,
+    def predict_image(self, image, ts: float = 0.0, tf: float | None = None, refine: int = DETECTED_REFINE,
                       detector=None, channels: str = "rgb") -> list[Result]:
         """Find the faces of `image` (array or file path) and return one Result per face, most confident
         first, each with its detected `box` and detector `score`. detector: None for dlib's HOG detector
-        (the `detect` extra), or any callable image -> boxes (musica_ref.detect.detect_faces says how)."""
+        (the `detect` extra), or any callable image -> boxes (musica_ref.detect.detect_faces says how).
+
+        refine defaults to DETECTED_REFINE = 1: a detector's box sits differently on the face than the box
+        of its landmarks, and a second run on the box of the first run's landmarks brings the error close to
+        what the landmarks' own box gives (docs/accuracy.md), for twice the multiply-adds."""
         from .detect import detect_faces
         rgb = as_rgb(_read_if_path(image), channels)
         faces = detect_faces(rgb, detector=detector)

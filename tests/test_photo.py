@@ -58,8 +58,11 @@ def test_predict_image_gives_one_result_per_detected_face(model19):
     results = model19.predict_image(image, ts=0.0)
     assert [r.box for r in results] == [f.box for f in faces]
     assert [r.score for r in results] == [f.score for f in faces]
-    same = model19.predict_batch(image, [f.box for f in faces])
+    same = model19.predict_batch(image, [f.box for f in faces], refine=m.model.DETECTED_REFINE)
     for r, s in zip(results, same):
+        np.testing.assert_array_equal(r.landmarks, s.landmarks)
+    once = model19.predict_image(image, refine=0)
+    for r, s in zip(once, model19.predict_batch(image, [f.box for f in faces])):
         np.testing.assert_array_equal(r.landmarks, s.landmarks)
 
 

@@ -179,9 +179,7 @@ def cmd_predict(a) -> int:
     given = [_parse_box(b) for b in a.box] if a.box else [tight_box(read_pts(a.pts)).tolist()] if a.pts else None
     model = MuSiCa.load(weights_path, recurrent="int8" if a.int8 else "stored")
     from .warmup import cache_is_cold
-    if cache_is_cold():
-        print("musica-ref: compiling the Numba kernels for this CPU (once per environment; later runs load them "
-              "from the cache; `musica-ref warmup` does it ahead) ...", file=sys.stderr, flush=True)
+    cold = cache_is_cold()
     if given is None:                                   # detection: fail now, not after loading the first image
         from .detect import default_detector
         default_detector()
@@ -190,6 +188,11 @@ def cmd_predict(a) -> int:
     for k, path in enumerate(images):
         try:
             image = load_image(path)
+            if cold:                                    # once, just before the first prediction compiles
+                print("musica-ref: compiling the Numba kernels for this CPU (once per environment; later runs "
+                      "load them from the cache; `musica-ref warmup` does it ahead) ...", file=sys.stderr,
+                      flush=True)
+                cold = False
             if given is not None:
                 results = model.predict_batch(image, given, ts=ts, tf=tf, refine=a.refine or 0)
             else:

@@ -20,13 +20,14 @@ def _dispatchers():
 
 
 def cache_is_cold() -> bool:
-    """Whether some kernel has nothing in Numba's disk cache yet (then the next call compiles it)."""
+    """Whether no kernel is in Numba's disk cache yet: a new environment, whose first prediction compiles
+    them all. (A later first use of another path, e.g. int8, compiles a few more, quickly.)"""
     for f in _dispatchers():
         cache = getattr(f, "_cache", None)
         index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
-        if index is not None and not os.path.exists(index):
-            return True
-    return False
+        if index is not None and os.path.exists(index):
+            return False
+    return True
 
 
 def compile_all(progress=print) -> float:
@@ -49,4 +50,5 @@ def compile_all(progress=print) -> float:
         model.predict(image, boxes[0])
         model.predict_batch(image, boxes, ts=0.05)
         model.predict_batch([image, image.astype(np.float32)], boxes)
+    model.trace(image, boxes[0])                           # the layer-by-layer path (porting, golden files)
     return time.perf_counter() - t0

@@ -300,4 +300,17 @@ def test_a_cold_cache_is_noticed_and_warmup_compiles_everything(tmp_path, capsys
     assert cli.main(["warmup"]) == 0
     assert "every kernel compiled or loaded from the cache" in capsys.readouterr().err
     from musica_ref.warmup import cache_is_cold
-    assert not cache_is_cold()
+    assert not cache_is_cold()                          # this process's cache folder now holds the kernels
+
+
+def test_the_compile_notice_comes_once_before_the_first_prediction(capsys, monkeypatch, tmp_path, weights_file):
+    from musica_ref import warmup
+    monkeypatch.setattr(warmup, "cache_is_cold", lambda: True)
+    code, _, err = run(capsys, "predict", EXAMPLE, EXAMPLE, "--box", "92,112,228,236", "--weights", weights_file)
+    lines = err.splitlines()
+    assert code == 2 and "--box and --pts are for one image" in err and len(lines) == 1   # nothing ran
+    code, _, err = run(capsys, "predict", EXAMPLE, "--box", "92,112,228,236", "--weights", weights_file)
+    lines = err.splitlines()
+    assert code == 0 and lines[0].startswith("musica-ref: compiling the Numba kernels") and len(lines) == 2
+    code, _, err = run(capsys, "predict", tmp_path / "none.png", "--box", "1,1,5,5", "--weights", weights_file)
+    assert code == 2 and err.count("\n") == 1 and "does not exist" in err     # an error stays one line

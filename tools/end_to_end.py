@@ -7,7 +7,8 @@ NME_box by |yaw| bin on those faces, and milliseconds per image for detection an
 
 A face counts as found when a detection overlaps its annotated tight box with IoU >= 0.25 (the annotation
 only decides which detection is the annotated face, for scoring); that detection's box, as it comes, is what
-every predictor gets. Times are one image at a time in one process, on whatever cores the machine has: run
+every predictor gets; the models run as `predict_image` runs them (refine=DETECTED_REFINE unless --refine
+says otherwise). Times are one image at a time in one process, on whatever cores the machine has: run
 it on an otherwise idle machine.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main(argv=None):
     ap.add_argument("--data", required=True)
     ap.add_argument("--weights", nargs="+", default=["musica19", "musica34", "musica68"])
     ap.add_argument("--limit", type=int)
+    ap.add_argument("--refine", type=int, default=m.model.DETECTED_REFINE)
     a = ap.parse_args(argv)
     faces = FaceSet(a.data, a.limit)
     boxes, det_s = detector_boxes(faces)
@@ -44,14 +46,14 @@ def main(argv=None):
     systems = []
     for w in a.weights:
         model = m.MuSiCa.load(w)
-        model.predict(faces.image(found[0]), boxes[found[0]])        # compile or load the cache
+        model.predict(faces.image(found[0]), boxes[found[0]], refine=a.refine)      # compile or load the cache
         preds, t = {}, 0.0
         for i in found:
             img = faces.image(i)
             t0 = time.perf_counter()
-            preds[i] = model.predict(img, boxes[i]).landmarks
+            preds[i] = model.predict(img, boxes[i], refine=a.refine).landmarks
             t += time.perf_counter() - t0
-        systems.append((f"{model.weights.variant.name}", preds, t / len(found)))
+        systems.append((f"{Path(w).stem}" + (f", refine={a.refine}" if a.refine else ""), preds, t / len(found)))
     preds, t = {}, 0.0
     for i in found:
         img = faces.image(i)

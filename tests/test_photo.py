@@ -333,3 +333,19 @@ def test_cli_output_errors_are_one_line(capsys, tmp_path, weights19):
                          "--out", str(out)])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and words in err and "Traceback" not in err, err
+
+
+def test_cli_refuses_outputs_onto_inputs_through_hard_links_and_linked_folders(capsys, tmp_path, weights19):
+    img = tmp_path / "face.png"
+    img.write_bytes(EXAMPLE.read_bytes())
+    pts = tmp_path / "face.pts"
+    m.write_pts(pts, np.random.default_rng(0).uniform(100, 200, (68, 2)))
+    os.link(img, tmp_path / "hard.png")
+    (tmp_path / "linked").symlink_to(tmp_path, target_is_directory=True)
+    before = {p: p.read_bytes() for p in (img, pts)}
+    for args in (["--overlay", tmp_path / "hard.png"], ["--overlay", tmp_path / "linked" / "face.png"],
+                 ["--out", pts], ["--out", tmp_path / "linked" / "face.pts"]):
+        code = cli.main(["predict", str(img), "--pts", str(pts), "--weights", str(weights19)] + [str(x) for x in args])
+        err = capsys.readouterr().err
+        assert code == 2 and "refusing to overwrite" in err and err.count("\n") == 1, (args, err)
+    assert all(p.read_bytes() == b for p, b in before.items())

@@ -236,8 +236,8 @@ def cmd_predict(a) -> int:
             _atomic_write(dest, lambda tmp: im.save(tmp, format="JPEG" if dest.lower().endswith(("jpg", "jpeg"))
                                                     else "PNG"))
             wrote.append(dest)
-    doc = {"model": weights_path, "recurrent": model.recurrent, "convention": "(x, y), 0-based pixels",
-           "images": records}
+    doc = {"model": model.weights.variant.name, "weights": weights_path, "recurrent": model.recurrent,
+           "convention": "(x, y), 0-based pixels", "images": records}
     if json_out == "-":
         json.dump(doc, sys.stdout)
         sys.stdout.write("\n")

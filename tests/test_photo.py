@@ -171,15 +171,15 @@ def test_cli_model_choice(capsys, monkeypatch, tmp_path):
     monkeypatch.delenv(cli.WEIGHTS_ENV, raising=False)
     code = cli.main(["predict", str(EXAMPLE), "--box", "92,112,228,236", "--model", "musica19", "--out", "-"])
     out = capsys.readouterr().out
-    assert code == 0 and json.loads(out)["model"] == str(model_path("musica19"))
+    assert code == 0 and json.loads(out)["weights"] == str(model_path("musica19"))
     code = cli.main(["predict", str(EXAMPLE), "--box", "92,112,228,236", "--model", "musica7"])
     assert code == 2 and "unknown model" in capsys.readouterr().err
     monkeypatch.setenv(cli.WEIGHTS_ENV, "musica34")                 # the variable takes a name or a path
     assert cli.main(["predict", str(EXAMPLE), "--box", "92,112,228,236"]) == 0
-    assert json.loads(capsys.readouterr().out)["model"] == str(model_path("musica34"))
+    assert json.loads(capsys.readouterr().out)["weights"] == str(model_path("musica34"))
     monkeypatch.delenv(cli.WEIGHTS_ENV)
     assert cli.main(["predict", str(EXAMPLE), "--box", "92,112,228,236"]) == 0
-    assert json.loads(capsys.readouterr().out)["model"] == str(model_path(m.DEFAULT_MODEL))
+    assert json.loads(capsys.readouterr().out)["weights"] == str(model_path(m.DEFAULT_MODEL))
     assert cli.main(["info", "musica19"]) == 0 and "P = 19" in capsys.readouterr().out
 
 

@@ -96,10 +96,13 @@ def textures(n, rng, size=200):
     return out, (m0, m0, size - m0, size - m0)
 
 
-def write_default_tf(path, tf):
-    """Store tf as the default_tf of the weights file at `path` (rewritten through a temporary file)."""
+def write_default_tf(path, tf, how=None):
+    """Store tf as the default_tf of the weights file at `path` (rewritten through a temporary file), and
+    `how` it was chosen as its provenance entry default_tf_rule."""
     import h5py
     w = m.load_weights(path)
+    if how:
+        w.provenance["default_tf_rule"] = how
     with h5py.File(path, "r") as f:
         dtype = f["iteration_0/recurrent/weight"].dtype
     tmp = str(path) + ".tmp"
@@ -143,7 +146,9 @@ def main(argv=None):
               f"{np.mean(e_tex > tf) * 100:.1f}% of {len(tex)}, together "
               f"{np.mean(np.concatenate([e_bg, e_tex]) > tf) * 100:.1f}%")
     if a.write:
-        write_default_tf(m.models.resolve_model(a.weights), tf)
+        write_default_tf(m.models.resolve_model(a.weights), tf,
+                         f"the {a.quantile} quantile of the last error estimate on {Path(a.val).name} "
+                         f"({len(val)} faces, tight boxes; tools/choose_tf.py)")
         print(f"wrote default_tf = {tf:.4f} into {a.weights}")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
 

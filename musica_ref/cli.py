@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -103,7 +102,7 @@ def _plan_outputs(a, images):
     """Where every output goes: (json_path or '-' or None, pts paths per image or None, overlay paths per
     image or None). Checks, before anything runs, that no output is an input and that names do not clash."""
     out, overlay = a.out, a.overlay
-    json_out, pts_dir, pts_file, overlay_of = None, None, None, None
+    json_out, pts_dir, pts_file, overlay_of, overlay_file = None, None, None, None, None
     if out is None or out == "-":
         json_out = "-"
     elif out.lower().endswith(".json"):
@@ -119,15 +118,15 @@ def _plan_outputs(a, images):
         if overlay.lower().endswith((".png", ".jpg", ".jpeg")):
             if len(images) != 1:
                 raise InputError(f"--overlay FILE draws one image; for {len(images)} images give a folder")
-            overlay_of = {images[0]: overlay}
+            overlay_of, overlay_file = {images[0]: overlay}, overlay
         elif os.path.splitext(overlay)[1] and not os.path.isdir(overlay):
             raise InputError(f"--overlay must end in .png or .jpg, or be a folder, got {overlay!r}")
         else:
             overlay_of = {p: os.path.join(overlay, os.path.splitext(os.path.basename(p))[0] + ".png")
                           for p in images}
-    for f in [o for o in (json_out, pts_file) if o and o != "-"] + ([overlay] if overlay_of and len(overlay_of) == 1
-                                                                     and overlay.lower().endswith((".png", ".jpg", ".jpeg")) else []):
-        _check_writable(f)
+    for f in (json_out, pts_file, overlay_file):
+        if f and f != "-":
+            _check_writable(f)
     stems = [os.path.splitext(os.path.basename(p))[0] for p in images]
     if (pts_dir or overlay_of and len(images) > 1) and len(set(stems)) != len(stems):
         raise InputError("two input images have the same file name; their outputs would clash in the folder")

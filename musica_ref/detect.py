@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError, MusicaError
-from .io import as_rgb
+from .io import as_rgb, image_or_path
 
 
 class DetectorUnavailable(MusicaError):
@@ -76,10 +76,7 @@ def detect_faces(image, detector=None) -> list[Face]:
 
     detector: None for the built-in dlib detector, or a callable (H, W, 3) uint8 RGB -> iterable of
     (x0, y0, x1, y1) or (x0, y0, x1, y1, score). Boxes with no area or outside the image are dropped."""
-    if isinstance(image, str) or hasattr(image, "__fspath__"):
-        from .io import load_image
-        image = load_image(image)
-    rgb = as_rgb(image)
+    rgb = as_rgb(image_or_path(image))
     if rgb.dtype != np.uint8:                                  # 16-bit or float: stretch to 0..255 for the detector
         lo, hi = float(rgb.min()), float(rgb.max())
         rgb = ((rgb - lo) * (255.0 / (hi - lo if hi > lo else 1.0))).astype(np.uint8)

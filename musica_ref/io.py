@@ -93,6 +93,11 @@ def load_image(path) -> np.ndarray:
     return as_rgb(arr)
 
 
+def image_or_path(image):
+    """A file path (str or os.PathLike) is read with load_image; anything else (an array) is returned as is."""
+    return load_image(image) if isinstance(image, (str, os.PathLike)) else image
+
+
 def read_pts(path) -> np.ndarray:
     """Read a 300W `.pts` file -> (N, 2) float64 (x, y), 0-based."""
     path = os.fspath(path)

@@ -19,7 +19,6 @@ leave the batch. Every face's arithmetic is the same whatever the batch, so batc
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,12 +27,19 @@ import numpy as np
 
 from . import geometry, kernels
 from .errors import InputError
-from .io import as_rgb
+from .io import as_rgb, image_or_path
 from .network import HIDDEN, iteration_forward, iteration_forward_levels
 from .pyramid import Pyramids
-from .quantize import QUANTIZED, with_precision
 from .models import DEFAULT_MODEL, resolve_model
+from .quantize import QUANTIZED, with_precision
 from .weights import Weights, load_weights
+
+# predict_batch runs at most this many faces at once (their pyramids are about 0.8 MB each)
+BATCH_CHUNK = 128
+# refine = k runs the model k more times, each on the tight box of the previous run's landmarks
+MAX_REFINE = 3
+# predict_image's refine: chosen on the validation set's detector-style boxes (docs/accuracy.md)
+DETECTED_REFINE = 1
 
 
 def _box_list(boxes) -> list:
@@ -54,21 +60,6 @@ def _refined_box(result, box):
     landmarks span less than a pixel in either direction (a box no run could use)."""
     tb = geometry.tight_box(result.landmarks)
     return tb if np.all(np.isfinite(tb)) and min(tb[2] - tb[0], tb[3] - tb[1]) >= 1.0 else box
-
-
-def _read_if_path(image):
-    """An image file path is read (io.load_image: EXIF orientation applied); anything else is returned."""
-    if isinstance(image, (str, os.PathLike)):
-        from .io import load_image
-        return load_image(image)
-    return image
-
-# predict_batch runs at most this many faces at once (their pyramids are about 0.8 MB each)
-BATCH_CHUNK = 128
-# refine = k runs the model k more times, each on the tight box of the previous run's landmarks
-MAX_REFINE = 3
-# predict_image's refine: chosen on the validation set's detector-style boxes (docs/accuracy.md)
-DETECTED_REFINE = 1
 
 
 @dataclass
@@ -166,7 +157,7 @@ class MuSiCa:
         of its landmarks, and a second run on the box of the first run's landmarks brings the error close to
         what the landmarks' own box gives (docs/accuracy.md), for twice the multiply-adds."""
         from .detect import detect_faces
-        rgb = as_rgb(_read_if_path(image), channels)
+        rgb = as_rgb(image_or_path(image), channels)
         faces = detect_faces(rgb, detector=detector)
         results = self.predict_batch(rgb, [f.box for f in faces], ts=ts, tf=tf, refine=refine)
         for r, f in zip(results, faces):
@@ -185,8 +176,8 @@ class MuSiCa:
         ts, tf = _check_thresholds(ts, self.default_tf if tf is None else tf, refine)
         boxes = _box_list(boxes)
         if not isinstance(images, (list, tuple)):          # one image (array, array-like or path) for every box
-            images = [_read_if_path(images)] * len(boxes)
-        images = [_read_if_path(im) for im in images]
+            images = [image_or_path(images)] * len(boxes)
+        images = [image_or_path(im) for im in images]
         if len(images) != len(boxes):
             raise InputError(f"got {len(images)} images for {len(boxes)} boxes; give one image, or one per box")
         done = {}                                           # checked and converted once per distinct image

@@ -92,7 +92,7 @@ def _atomic_write(path, write):
             os.remove(tmp)
 
 
-def _face_record(r, model_name) -> dict:
+def _face_record(r) -> dict:
     return {"box": [round(float(v), 4) for v in r.box], "score": None if r.score is None else float(r.score),
             "landmarks": np.round(r.landmarks, 4).tolist(), "errors": [float(e) for e in r.errors],
             "iterations": r.iterations, "failed": r.failed, "multiply_adds": r.multiply_adds}
@@ -108,6 +108,9 @@ def _plan_outputs(a, images):
     elif out.lower().endswith(".json"):
         json_out = out
     elif out.lower().endswith(".pts"):
+        if len(images) != 1 or (a.box and len(a.box) != 1):
+            raise InputError("--out FILE.pts holds one face of one image; give a folder for one .pts per face, "
+                             "or FILE.json")
         pts_file = out
     elif os.path.splitext(out)[1] and not os.path.isdir(out):
         raise InputError(f"--out must be FILE.json, FILE.pts, a folder (one .pts per face) or - (JSON to "
@@ -153,7 +156,7 @@ class _Progress:
 
 def cmd_predict(a) -> int:
     from .geometry import tight_box
-    from .io import load_image, read_pts, write_pts
+    from .io import load_image, read_pts
     from .model import DETECTED_REFINE, MuSiCa
 
     images = _expand_images(a.image)
@@ -182,7 +185,9 @@ def cmd_predict(a) -> int:
     if given is None:                                   # detection: fail now, not after loading the first image
         from .detect import default_detector
         default_detector()
-    records, per_image, n_faces, n_bad = [], [], 0, 0
+    records, wrote, n_faces, n_bad = [], [], 0, 0
+    if pts_dir is not None:
+        os.makedirs(pts_dir, exist_ok=True)
     progress = _Progress(len(images))
     for k, path in enumerate(images):
         try:
@@ -206,35 +211,12 @@ def cmd_predict(a) -> int:
             continue
         n_faces += len(results)
         records.append({"image": path, "width": image.shape[1], "height": image.shape[0],
-                        "faces": [_face_record(r, weights_path) for r in results]})
-        per_image.append((path, image, results))
+                        "faces": [_face_record(r) for r in results]})
+        wrote += _write_image_outputs(path, image, results, pts_file, pts_dir, overlay_of)
         if not progress.on:
             _report(path, results, given is None)
         progress.step(k + 1, n_faces)
     progress.done()
-    if pts_file is not None:
-        faces = [r for _, _, rs in per_image for r in rs]
-        if len(faces) != 1:
-            raise InputError(f"--out FILE.pts holds one face and {len(faces)} were found; give a folder for "
-                             f"one .pts per face, or FILE.json")
-    if pts_dir is not None:
-        os.makedirs(pts_dir, exist_ok=True)
-    wrote = []
-    for path, image, results in per_image:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        for j, r in enumerate(results):
-            dest = pts_file or (os.path.join(pts_dir, f"{stem}_{j}.pts") if pts_dir else None)
-            if dest:
-                _atomic_write(dest, lambda tmp, r=r: write_pts(tmp, r.landmarks))
-                wrote.append(dest)
-        if overlay_of is not None:
-            dest = overlay_of[path]
-            os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-            from .draw import draw_results
-            im = draw_results(image, results)
-            _atomic_write(dest, lambda tmp: im.save(tmp, format="JPEG" if dest.lower().endswith(("jpg", "jpeg"))
-                                                    else "PNG"))
-            wrote.append(dest)
     doc = {"model": model.weights.variant.name, "weights": weights_path, "recurrent": model.recurrent,
            "convention": "(x, y), 0-based pixels", "images": records}
     if json_out == "-":
@@ -254,6 +236,30 @@ def cmd_predict(a) -> int:
     if len(wrote) > 5:
         print(f"wrote {len(wrote)} files", file=sys.stderr)
     return 2 if n_bad else 0
+
+
+def _write_image_outputs(path, image, results, pts_file, pts_dir, overlay_of) -> list:
+    """One image's .pts files and overlay, each written whole (through a temporary file); their paths."""
+    from .io import write_pts
+    wrote = []
+    if pts_file is not None and len(results) != 1:
+        raise InputError(f"--out FILE.pts holds one face and {len(results)} were found; give a folder for "
+                         f"one .pts per face, or FILE.json")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    for j, r in enumerate(results):
+        dest = pts_file or (os.path.join(pts_dir, f"{stem}_{j}.pts") if pts_dir else None)
+        if dest:
+            _atomic_write(dest, lambda tmp, r=r: write_pts(tmp, r.landmarks))
+            wrote.append(dest)
+    if overlay_of is not None:
+        from .draw import draw_results
+        dest = overlay_of[path]
+        os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+        im = draw_results(image, results)
+        _atomic_write(dest, lambda tmp: im.save(tmp, format="JPEG" if dest.lower().endswith(("jpg", "jpeg"))
+                                                else "PNG"))
+        wrote.append(dest)
+    return wrote
 
 
 def _threshold(text, name):

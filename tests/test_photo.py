@@ -313,7 +313,7 @@ def test_cli_several_boxes_and_a_box_over_the_edge(capsys, tmp_path, weights19):
     code = cli.main(["predict", str(EXAMPLE), "--weights", str(weights19), "--box", "-10,-10,50,50",
                      "--box", "92,112,228,236", "--out", str(tmp_path / "r.pts")])
     err = capsys.readouterr().err
-    assert code == 2 and "holds one face and 2" in err and not (tmp_path / "r.pts").exists()
+    assert code == 2 and "holds one face of one image" in err and not (tmp_path / "r.pts").exists()
 
 
 def test_cli_refuses_outputs_that_are_inputs_through_links(capsys, tmp_path, weights19):
@@ -349,3 +349,11 @@ def test_cli_refuses_outputs_onto_inputs_through_hard_links_and_linked_folders(c
         err = capsys.readouterr().err
         assert code == 2 and "refusing to overwrite" in err and err.count("\n") == 1, (args, err)
     assert all(p.read_bytes() == b for p, b in before.items())
+
+
+def test_cli_one_pts_file_for_two_detected_faces_is_refused(capsys, tmp_path, weights19):
+    pytest.importorskip("dlib")
+    code = cli.main(["predict", str(TWO_FACES), "--weights", str(weights19), "--out", str(tmp_path / "r.pts")])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds one face and 2 were found" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []

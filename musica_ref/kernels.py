@@ -630,66 +630,102 @@ def _fc_sum_chunks(start, part, out, b):
 
 
 @njit(parallel=True, cache=True)
-def _fully_connected(x, weight, bias, scale, scaled):
-    """fully_connected (scaled=False: scale unused) and fully_connected_scaled (scaled=True)."""
+def _fc_groups(x, weight, start, out):
+    """out = start + x @ weight for two or more groups of FC_GROUP_BLOCKS blocks of FC_ROWS inputs: the groups
+    in parallel; a group runs its blocks chunk by chunk (each chunk's weights come from memory once per group
+    and from the cache for its other blocks), adding the chunks in order."""
     B, K = x.shape
     M = weight.shape[1]
-    if weight.shape[0] != K or bias.shape[0] != M:
-        raise ValueError("fully_connected: x (B, K), weight (K, M) and bias (M,) do not fit")
-    if scaled and scale.shape[0] != M:
-        raise ValueError("fully_connected_scaled: scale must be (M,), one per output")
     n_rb = (B + FC_ROWS - 1) // FC_ROWS
     n_kc = (K + FC_KCHUNK - 1) // FC_KCHUNK
-    start = np.zeros(M, np.float32) if scaled else bias       # the sum of the chunks starts here
-    out = np.empty((B, M), np.float32)
     n_groups = (n_rb + FC_GROUP_BLOCKS - 1) // FC_GROUP_BLOCKS
-    if n_groups >= 2:
-        # groups of FC_GROUP_BLOCKS blocks in parallel; a group runs its blocks chunk by chunk, so the chunk's
-        # weights come from memory once per group and from the cache for its other blocks
-        acc = np.empty((n_rb, FC_ROWS, M), np.float32)
-        for g in prange(n_groups):
-            ks, xs = np.empty(FC_KCHUNK, np.int64), np.empty(FC_KCHUNK, np.float32)
-            for b in range(g * FC_GROUP_BLOCKS * FC_ROWS, min(B, (g + 1) * FC_GROUP_BLOCKS * FC_ROWS)):
-                for j in range(M):
-                    out[b, j] = start[j]
-            for c in range(n_kc):
-                for rb in range(g * FC_GROUP_BLOCKS, min(n_rb, (g + 1) * FC_GROUP_BLOCKS)):
-                    r0 = rb * FC_ROWS
-                    nr = min(B, r0 + FC_ROWS) - r0
-                    _fc_chunk(x, weight, r0, nr, c, acc[rb], ks, xs)
-                    for r in range(nr):
-                        for j in range(M):
-                            out[r0 + r, j] += acc[rb, r, j]
-    else:
-        # partial sums, one per chunk, summed in order after
-        part = np.empty((n_kc, B, M), np.float32)
-        if K * M <= FC_SERIAL_WEIGHTS:          # a small layer: on this thread (waking another costs more)
-            ks, xs = np.empty(FC_KCHUNK, np.int64), np.empty(FC_KCHUNK, np.float32)
-            for c in range(n_kc):
-                _fc_chunk_blocks(x, weight, c, part, ks, xs)
-        else:
-            nxt = np.zeros(1, np.int64)
-            for _ in prange(n_kc):              # the chunks taken in turn (_take), each for every block, so its
-                c = _take(nxt)                  # weights come from memory once and from the cache after
-                if c < n_kc:
-                    ks, xs = np.empty(FC_KCHUNK, np.int64), np.empty(FC_KCHUNK, np.float32)
-                    while c < n_kc:
-                        _fc_chunk_blocks(x, weight, c, part, ks, xs)
-                        c = _take(nxt)
-        if B > FC_ROWS:
-            for b in prange(B):
-                _fc_sum_chunks(start, part, out, b)
-        else:                                   # a few rows: on this thread
-            for b in range(B):
-                _fc_sum_chunks(start, part, out, b)
-    if scaled:
-        for b in range(B):
+    acc = np.empty((n_rb, FC_ROWS, M), np.float32)
+    for g in prange(n_groups):
+        ks, xs = np.empty(FC_KCHUNK, np.int64), np.empty(FC_KCHUNK, np.float32)
+        for b in range(g * FC_GROUP_BLOCKS * FC_ROWS, min(B, (g + 1) * FC_GROUP_BLOCKS * FC_ROWS)):
             for j in range(M):
-                out[b, j] = madd(bias[j], scale[j], out[b, j])
-    return out
+                out[b, j] = start[j]
+        for c in range(n_kc):
+            for rb in range(g * FC_GROUP_BLOCKS, min(n_rb, (g + 1) * FC_GROUP_BLOCKS)):
+                r0 = rb * FC_ROWS
+                nr = min(B, r0 + FC_ROWS) - r0
+                _fc_chunk(x, weight, r0, nr, c, acc[rb], ks, xs)
+                for r in range(nr):
+                    for j in range(M):
+                        out[r0 + r, j] += acc[rb, r, j]
+
+
+@njit(parallel=True, cache=True)
+def _fc_chunks(x, weight, start, out):
+    """out = start + x @ weight for up to FC_GROUP_BLOCKS blocks of FC_ROWS inputs: the chunks in parallel
+    (taken in turn by the threads, each for every block, so its weights come from memory once and from the
+    cache after), their partial sums added after in chunk order."""
+    B, K = x.shape
+    n_kc = (K + FC_KCHUNK - 1) // FC_KCHUNK
+    part = np.empty((n_kc, B, weight.shape[1]), np.float32)
+    nxt = np.zeros(1, np.int64)
+    for _ in prange(n_kc):
+        c = _take(nxt)
+        if c < n_kc:
+            ks, xs = np.empty(FC_KCHUNK, np.int64), np.empty(FC_KCHUNK, np.float32)
+            while c < n_kc:
+                _fc_chunk_blocks(x, weight, c, part, ks, xs)
+                c = _take(nxt)
+    if B > FC_ROWS:
+        for b in prange(B):
+            _fc_sum_chunks(start, part, out, b)
+    else:                                       # a few rows: on this thread
+        for b in range(B):
+            _fc_sum_chunks(start, part, out, b)
 
 
 @njit(cache=True)
+def _fc_serial(x, weight, start, out):
+    """_fc_chunks on the calling thread only: for a small layer, where waking another thread costs more
+    than the layer's work."""
+    B, K = x.shape
+    n_kc = (K + FC_KCHUNK - 1) // FC_KCHUNK
+    part = np.empty((n_kc, B, weight.shape[1]), np.float32)
+    ks, xs = np.empty(FC_KCHUNK, np.int64), np.empty(FC_KCHUNK, np.float32)
+    for c in range(n_kc):
+        _fc_chunk_blocks(x, weight, c, part, ks, xs)
+    for b in range(B):
+        _fc_sum_chunks(start, part, out, b)
+
+
+@njit(cache=True)
+def _scale_outputs(out, scale, bias):
+    """out[b, j] = bias[j] + scale[j] * out[b, j], one fused multiply-add (int8 storage)."""
+    for b in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[b, j] = madd(bias[j], scale[j], out[b, j])
+
+
+def _fully_connected(x, weight, bias, scale, name):
+    """fully_connected (scale None) and fully_connected_scaled. The work split is chosen here, in Python,
+    so that only the kernel a call needs is compiled (a first run compiles less): every split sums the same
+    chunks in the same order, so the choice changes no result."""
+    if not (isinstance(x, np.ndarray) and isinstance(weight, np.ndarray) and x.ndim == 2 and weight.ndim == 2
+            and np.ndim(bias) == 1 and weight.shape[0] == x.shape[1] and np.shape(bias)[0] == weight.shape[1]):
+        raise ValueError(f"{name}: x (B, K), weight (K, M) and bias (M,) do not fit")
+    if scale is not None and (np.ndim(scale) != 1 or np.shape(scale)[0] != weight.shape[1]):
+        raise ValueError(f"{name}: scale must be (M,), one per output")
+    B, K = x.shape
+    M = weight.shape[1]
+    out = np.empty((B, M), np.float32)
+    start = bias if scale is None else np.zeros(M, np.float32)       # the sum of the chunks starts here
+    n_rb = (B + FC_ROWS - 1) // FC_ROWS
+    if n_rb > FC_GROUP_BLOCKS:
+        _fc_groups(x, weight, start, out)
+    elif K * M <= FC_SERIAL_WEIGHTS:
+        _fc_serial(x, weight, start, out)
+    else:
+        _fc_chunks(x, weight, start, out)
+    if scale is not None:
+        _scale_outputs(out, scale, bias)
+    return out
+
+
 def fully_connected(x, weight, bias):
     """out = x @ weight + bias, batched. x (B, K) float32; weight (K, M), finite; bias (M,) -> (B, M) float32.
 
@@ -698,17 +734,17 @@ def fully_connected(x, weight, bias):
     and the order depend on K only, never on the batch size or the thread count, so results are
     bit-identical however the work is split. A block of FC_ROWS inputs streams each weight row once,
     contiguously, and reuses it for all of them (vectorised along the M outputs); inputs equal to 0 (most of
-    the ReLU features) skip their row. Up to FC_GROUP_BLOCKS blocks: the chunks run in parallel (taken in
-    turn by the threads, each for every block), and the chunks' partial sums are added after; from two groups of FC_GROUP_BLOCKS
-    blocks up, the groups run in parallel, each adding its chunks in order, one chunk at a time for all its
-    blocks. Either way a chunk's weights come from memory once per thread or group and from the cache for
-    the other blocks. (Splitting the outputs into column blocks instead was about 7x slower at 16-32 inputs on the
-    development machine, probably because a block's short row pieces, 1-2 KB apart, fall into few cache sets.)
+    the ReLU features) skip their row. Up to FC_GROUP_BLOCKS blocks: the chunks run in parallel (_fc_chunks;
+    a layer of at most FC_SERIAL_WEIGHTS weights on the calling thread, _fc_serial), and the chunks' partial
+    sums are added after; from two groups of FC_GROUP_BLOCKS blocks up, the groups run in parallel, each
+    adding its chunks in order, one chunk at a time for all its blocks (_fc_groups). Either way a chunk's
+    weights come from memory once per thread or group and from the cache for the other blocks. (Splitting
+    the outputs into column blocks instead was much slower at 16-32 inputs, probably because a block's short
+    row pieces, 1-2 KB apart, fall into few cache sets.)
     """
-    return _fully_connected(x, weight, bias, bias, False)
+    return _fully_connected(x, weight, bias, None, "fully_connected")
 
 
-@njit(cache=True)
 def fully_connected_scaled(x, qweight, scale, bias):
     """out = bias + scale * (x @ qweight): a fully connected layer whose weights are stored as int8 with one
     float32 scale per output (weight[:, j] ~ scale[j] * qweight[:, j]). x (B, K) float32; qweight (K, M)
@@ -716,7 +752,7 @@ def fully_connected_scaled(x, qweight, scale, bias):
     fully_connected; the sum of the chunks starts from 0 and is scaled once at the end (bias + scale * sum,
     one fused multiply-add).
     """
-    return _fully_connected(x, qweight, bias, scale, True)
+    return _fully_connected(x, qweight, bias, scale, "fully_connected_scaled")
 
 
 @njit(cache=True)
@@ -938,7 +974,8 @@ def _gated_from_pool1(p1, base, Q1, w2f, b2, wa, ba, c2, feat, part, ks, xs, out
     # <= FC_KCHUNK inputs make one chunk, summed from 0 over the non-zero features); gate (a feature of 0
     # gives 0 whatever its attention, so its sigmoid is not computed)
     one = np.float32(1.0)
-    n = _fc_chunk(feat.reshape((1, F)), wa, 0, 1, 0, part.reshape((1, F)), ks, xs)
+    zero, one_row = np.int64(0), np.int64(1)      # not literal constants: the version _fc_chunk_blocks uses
+    n = _fc_chunk(feat.reshape((1, F)), wa, zero, one_row, zero, part.reshape((1, F)), ks, xs)
     for j in range(F):
         out[j] = 0.0                               # 0 * sigmoid (finite, > 0) is +0 exactly: no exp needed
     for t in range(n):                             # the non-zero features, listed by _fc_chunk
@@ -948,11 +985,14 @@ def _gated_from_pool1(p1, base, Q1, w2f, b2, wa, ba, c2, feat, part, ks, xs, out
 
 
 @njit(cache=True)
-def _feature_shapes_ok(Cin, S, w1, b1, w2, b2, wa, ba):
-    C = w1.shape[3]
+def _feature_shapes_ok(Cin, S, w1t, b1p, w2f, b2, wa, ba):
+    """Whether the feature extractor's weights, in the layouts of feature_weights, fit Cin-channel SxS
+    patches."""
+    C = b2.shape[0]
     F = 8 * C
-    return not (Cin != CONV1_IN or S != 14 or w1.shape[:3] != (3, 3, Cin) or b1.shape[0] != C or F > FC_KCHUNK
-                or w2.shape != (3, 3, C, C) or b2.shape[0] != C or wa.shape != (F, F) or ba.shape[0] != F)
+    return not (Cin != CONV1_IN or S != 14 or C < 1 or w1t.shape != (_conv1_rows(C), 9 * Cin)
+                or b1p.shape[0] != _conv1_rows(C) or F > FC_KCHUNK or w2f.shape[0] != 9 * C * C
+                or wa.shape != (F, F) or ba.shape[0] != F)
 
 
 @njit(cache=True)
@@ -962,17 +1002,25 @@ def _conv1_rows(C):
     return (C + CONV1_OUT_BLOCK - 1) // CONV1_OUT_BLOCK * CONV1_OUT_BLOCK
 
 
-@njit(cache=True)
-def _conv_layouts(w1, b1, w2):
-    """conv1's weights as w1t[o, (c * 3 + di) * 3 + dj] and its bias b1p, both padded with zeros to
-    _conv1_rows(C) channels; conv2's as w2f[((c * 3 + di) * 3 + dj) * C + o]."""
+def feature_weights(w1, b1, w2, b2, wa, ba):
+    """The feature extractor's weights in the layouts the fused kernels read (patch_features,
+    level_patch_features, levels_patch_features), computed once per model: (w1t, b1p, w2f, b2, wa, ba) with
+    conv1's weights as w1t[o, (c * 3 + di) * 3 + dj] and its bias b1p, both padded with zeros to
+    _conv1_rows(C) output channels (computed and never read), and conv2's as w2f[((c * 3 + di) * 3 + dj) * C + o].
+
+    w1 (3, 3, Cin, C), b1 (C,), w2 (3, 3, C, C), b2 (C,), wa (8C, 8C), ba (8C,), float32 (HWIO, as stored).
+    Only copies: no value changes."""
+    w1, w2 = np.asarray(w1, np.float32), np.asarray(w2, np.float32)
+    if w1.ndim != 4 or w1.shape[:2] != (3, 3) or w2.ndim != 4:
+        raise ValueError("feature_weights: w1 must be (3, 3, Cin, C) and w2 (3, 3, C, C)")
     C, Cin = w1.shape[3], w1.shape[2]
-    w1t = np.zeros((_conv1_rows(C), 9 * Cin), np.float32)
-    w1t[:C] = np.ascontiguousarray(w1.transpose(3, 2, 0, 1)).reshape(C, 9 * Cin)
-    b1p = np.zeros(_conv1_rows(C), np.float32)
+    rows = _conv1_rows.py_func(C)
+    w1t = np.zeros((rows, 9 * Cin), np.float32)
+    w1t[:C] = w1.transpose(3, 2, 0, 1).reshape(C, 9 * Cin)
+    b1p = np.zeros(rows, np.float32)
     b1p[:C] = b1
     w2f = np.ascontiguousarray(w2.transpose(2, 0, 1, 3)).reshape(-1)
-    return w1t, b1p, w2f
+    return (w1t, b1p, w2f) + tuple(np.ascontiguousarray(a, np.float32) for a in (b2, wa, ba))
 
 
 # FEATURE_ITEM patches lie side by side in a group's input, as one image 14 rows high and GROUP_W wide:
@@ -1010,7 +1058,7 @@ def _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, p0):
                     uint64(11 * GROUP_W + (n - 1) * 14 + 12))
     _pool1_group(c1, n, p1g)
     for k in range(n):
-        _gated_from_pool1(p1g, k * 7, GROUP_POOL_W, w2f, b2, wa, ba, c2, feat, part, ks, xs, out[p0 + k])
+        _gated_from_pool1(p1g, k * 7, np.int64(GROUP_POOL_W), w2f, b2, wa, ba, c2, feat, part, ks, xs, out[p0 + k])
 
 
 @njit(cache=True)
@@ -1029,7 +1077,7 @@ def _patch_input_from_level(level, c0, r0, xt, k):
 
 
 @njit(parallel=True, cache=True)
-def patch_features(patches, w1, b1, w2, b2, wa, ba):
+def patch_features(patches, w1t, b1p, w2f, b2, wa, ba):
     """The patch feature extractor and its attention gate in one pass per patch (spec 6):
     conv3x3 + ReLU -> maxpool2x2 -> conv3x3 + ReLU -> maxpool2x2 -> crop_concat -> fully_connected -> sigmoid
     -> gate, computed element by element with the same float32 operations in the same order as those
@@ -1038,17 +1086,17 @@ def patch_features(patches, w1, b1, w2, b2, wa, ba):
     intermediates live in per-work-item scratch, laid out so the inner loops are long or unrolled.
 
     patches (BP, S, S, Cin) float32, S = 14 (conv1 S-2 = 12, pool1 6, conv2 4, pool2 2);
-    w1 (3, 3, Cin, C), b1 (C,), w2 (3, 3, C, C), b2 (C,), wa (8C, 8C), ba (8C,), all finite -> (BP, 8C).
+    w1t, b1p, w2f, b2, wa, ba: the weights as feature_weights lays them out (conv1 (3, 3, 3, C), conv2
+    (3, 3, C, C), attention (8C, 8C)), all finite -> (BP, 8C).
     Changes of order that keep every result: pool1 = ReLU(max of conv1) (ReLU is monotone); inputs of conv2
     and of the attention layer that are exactly 0 are skipped (a finite w times 0 adds nothing).
     """
     BP, S, S_, Cin = patches.shape
-    C = w1.shape[3]
+    C = b2.shape[0]
     F = 8 * C
-    if S_ != S or not _feature_shapes_ok(Cin, S, w1, b1, w2, b2, wa, ba):
-        raise ValueError("patch_features: patches must be (BP, 14, 14, 3), w1 (3, 3, 3, C), w2 (3, 3, C, C), "
-                         "wa (8C, 8C), with biases to match")
-    w1t, b1p, w2f = _conv_layouts(w1, b1, w2)
+    if S_ != S or not _feature_shapes_ok(Cin, S, w1t, b1p, w2f, b2, wa, ba):
+        raise ValueError("patch_features: patches must be (BP, 14, 14, 3) and the weights as feature_weights "
+                         "gives them: conv1 (3, 3, 3, C), conv2 (3, 3, C, C), attention (8C, 8C), biases to match")
     gated = np.empty((BP, F), np.float32)
     G = (BP + FEATURE_ITEM - 1) // FEATURE_ITEM
     nxt = np.zeros(1, np.int64)
@@ -1174,11 +1222,11 @@ def _map_patches(c1, Wr, ylo, xlo, corners, p_lo, p_hi, w2f, b2, wa, ba, tail, o
     p1, c2, feat, part, rowmax, ks, xs = tail
     for p in range(p_lo, p_hi):
         _pool1(c1, (corners[p, 1] - ylo) * Wr + corners[p, 0] - xlo, Wr, p1, 6, rowmax)
-        _gated_from_pool1(p1, 0, 6, w2f, b2, wa, ba, c2, feat, part, ks, xs, out[out0 + p])
+        _gated_from_pool1(p1, np.int64(0), np.int64(6), w2f, b2, wa, ba, c2, feat, part, ks, xs, out[out0 + p])
 
 
 @njit(parallel=True, cache=True)
-def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out):
+def level_patch_features(level, corners, w1t, b1p, w2f, b2, wa, ba, out):
     """patch_features(extract_patches(level, corners, 14), ...) of one face written into out (P, 8C), bit for
     bit, with conv1 shared between the overlapping patches (see above); the work is split between threads
     by output channel (conv1 map) and by patch.
@@ -1188,12 +1236,11 @@ def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out):
     """
     H, W, Cin = level.shape
     P = corners.shape[0]
-    C = w1.shape[3]
-    if not _feature_shapes_ok(Cin, 14, w1, b1, w2, b2, wa, ba) or corners.shape[1] != 2 or P < 1 \
+    C = b2.shape[0]
+    if not _feature_shapes_ok(Cin, 14, w1t, b1p, w2f, b2, wa, ba) or corners.shape[1] != 2 or P < 1 \
             or out.shape[0] != P or out.shape[1] != 8 * C:
         raise ValueError("level_patch_features: level must be (H, W, 3), corners (P, 2) with P >= 1, out "
                          "(P, 8C), and the weights as for patch_features")
-    w1t, b1p, w2f = _conv_layouts(w1, b1, w2)
     ylo, xlo, Hm, Wm, run0, run1 = _conv1_map_plan(corners)
     G = (P + FEATURE_ITEM - 1) // FEATURE_ITEM
     next_item = np.zeros(1, np.int64)                    # the next work item of the patches (_take)
@@ -1231,24 +1278,23 @@ def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba, out):
 
 
 @njit(parallel=True, cache=True)
-def levels_patch_features(data, offsets, shapes, corners, w1, b1, w2, b2, wa, ba, out):
+def levels_patch_features(data, offsets, shapes, corners, w1t, b1p, w2f, b2, wa, ba, out):
     """level_patch_features for many faces at once, the faces split between threads (each face on one):
     face b's level is the (shapes[b, 0], shapes[b, 1], shapes[b, 2]) float32 array at data[offsets[b]:]
     (data flat float32, offsets (B,), shapes (B, 3) int64), corners (B, P, 2) int64, out (B*P, 8C)
     float32, written; face b's patches go to rows b * P .. (b + 1) * P - 1. Bit-identical to
     level_patch_features face by face. Returns how many faces shared conv1."""
     B, P = corners.shape[0], corners.shape[1]
-    C = w1.shape[3]
+    C = b2.shape[0]
     if offsets.shape[0] != B or shapes.shape[0] != B or shapes.shape[1] != 3 or corners.shape[2] != 2 or P < 1 \
             or out.shape[0] != B * P or out.shape[1] != 8 * C:
         raise ValueError("levels_patch_features: one offset and (H, W, 3) shape per face, corners (B, P, 2) "
                          "with P >= 1, out (B * P, 8C)")
     for b in range(B):
         _slot(data, offsets[b], shapes[b, 0], shapes[b, 1], shapes[b, 2])      # raises if it does not fit
-        if not _feature_shapes_ok(shapes[b, 2], 14, w1, b1, w2, b2, wa, ba):
+        if not _feature_shapes_ok(shapes[b, 2], 14, w1t, b1p, w2f, b2, wa, ba):
             raise ValueError("levels_patch_features: levels must be (H, W, 3) and the weights as for "
                              "patch_features")
-    w1t, b1p, w2f = _conv_layouts(w1, b1, w2)
     shared = np.zeros(B, np.int64)
     nxt = np.zeros(1, np.int64)
     for _ in prange(B):                                  # the faces taken in turn (_take)

@@ -28,7 +28,7 @@ import numpy as np
 from . import geometry, kernels
 from .errors import InputError
 from .io import as_rgb, image_or_path
-from .network import HIDDEN, iteration_forward, iteration_forward_levels
+from .network import HIDDEN, feature_weights, iteration_forward, iteration_forward_levels
 from .pyramid import Pyramids
 from .models import DEFAULT_MODEL, resolve_model
 from .quantize import QUANTIZED, with_precision
@@ -117,6 +117,8 @@ class MuSiCa:
         of float32's bytes). "stored" and "float32" give the same results bit for bit. `self.recurrent` says
         which storage is in use."""
         self.weights, self.recurrent = with_precision(weights, recurrent)
+        # each iteration's feature extractor weights in the layouts its kernels read, made once here
+        self._features = [feature_weights(w) for w in self.weights.iterations]
         self.n_landmarks = weights.n_landmarks
         self.patch_indices = weights.patch_indices
         self.mean_shape = weights.mean_shape
@@ -255,7 +257,7 @@ class MuSiCa:
             else:           # the same result, the patches read from the levels in place
                 out, h_new = iteration_forward_levels(pyramids.data, pyramids.offsets[active, L],
                                                       pyramids.shapes[active, L], corners, h[active],
-                                                      self.weights.iterations[i], step)
+                                                      self.weights.iterations[i], step, self._features[i])
             h[active] = h_new
             d[active] += out[:, :2 * N].reshape(-1, N, 2)
             still = []

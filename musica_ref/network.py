@@ -51,9 +51,11 @@ def _elementwise(kernel, x):
     return kernel(np.ascontiguousarray(x).reshape(-1)).reshape(x.shape)
 
 
-def _feature_weights(w):
-    return (w["conv1/weight"], w["conv1/bias"], w["conv2/weight"], w["conv2/bias"], w["attention/weight"],
-            w["attention/bias"])
+def feature_weights(w):
+    """The feature extractor's weights of one iteration (dict w) in the layouts the fused kernels read
+    (kernels.feature_weights); MuSiCa computes them once per model."""
+    return kernels.feature_weights(w["conv1/weight"], w["conv1/bias"], w["conv2/weight"], w["conv2/bias"],
+                                   w["attention/weight"], w["attention/bias"])
 
 
 def iteration_forward(patches, h_prev, w, counter: Counter | None = None, keep: bool = False):
@@ -82,28 +84,31 @@ def iteration_forward(patches, h_prev, w, counter: Counter | None = None, keep: 
         inter = dict(conv1=conv1, pool1=pool1, conv2=conv2, pool2=pool2, features=features,
                      attention=attention, gated=gated)
     else:       # the same arithmetic fused per patch: bit-identical gated features, nothing else stored
-        gated = kernels.patch_features(patches, *_feature_weights(w))
+        gated = kernels.patch_features(patches, *feature_weights(w))
     out, hidden = _recurrent_head(gated, h_prev, w, counter)
     if keep:
         inter.update(hidden=hidden, out=out)
     return out, hidden, inter
 
 
-def iteration_forward_levels(data, offsets, shapes, corners, h_prev, w, counter: Counter | None = None):
+def iteration_forward_levels(data, offsets, shapes, corners, h_prev, w, counter: Counter | None = None,
+                             features=None):
     """iteration_forward(patches, h_prev, w, counter) for the patches at `corners` of B pyramid levels,
     without extracting them, bit for bit: face b's level is the (H_b, W_b, 3) float32 array of shape
     shapes[b] that starts at data[offsets[b]] (data a flat float32 buffer, pyramid.Pyramids), corners
-    (B, P, 2) int64 (top-left (col, row) of each patch, geometry.patch_corners). The kernels compute conv1
+    (B, P, 2) int64 (top-left (col, row) of each patch, geometry.patch_corners); features: feature_weights(w)
+    if already computed. The kernels compute conv1
     once per level position for the overlapping patches of a face; one face splits its work between the
     threads, several faces go one per thread. Returns (out (B, 2N+1), hidden (B, 512))."""
     B, P = corners.shape[:2]
     gated = np.empty((B * P, FEATURES), np.float32)
+    if features is None:
+        features = feature_weights(w)
     if B == 1:
         (h, wd, c), o = shapes[0], offsets[0]
-        kernels.level_patch_features(data[o:o + h * wd * c].reshape(h, wd, c), corners[0], *_feature_weights(w),
-                                     gated)
+        kernels.level_patch_features(data[o:o + h * wd * c].reshape(h, wd, c), corners[0], *features, gated)
     else:
-        kernels.levels_patch_features(data, offsets, shapes, corners, *_feature_weights(w), gated)
+        kernels.levels_patch_features(data, offsets, shapes, corners, *features, gated)
     return _recurrent_head(gated, h_prev, w, counter)
 
 

@@ -317,7 +317,7 @@ def test_patch_features_is_bit_identical_to_the_layers(seed, BP, C, scale, bias_
     w1, w2 = rnd(rng, (3, 3, 3, C)), rnd(rng, (3, 3, C, C))
     b1, b2 = rnd(rng, (C,)) + np.float32(bias_shift), rnd(rng, (C,)) + np.float32(bias_shift)
     wa, ba = rnd(rng, (8 * C, 8 * C), 0.1), rnd(rng, (8 * C,))
-    got = K.patch_features(p, w1, b1, w2, b2, wa, ba)
+    got = K.patch_features(p, *K.feature_weights(w1, b1, w2, b2, wa, ba))
     np.testing.assert_array_equal(got, _features_layer_by_layer(p, w1, b1, w2, b2, wa, ba))
 
 
@@ -326,9 +326,13 @@ def test_patch_features_rejects_wrong_shapes():
     w1, w2, wa = rnd(rng, (3, 3, 3, 4)), rnd(rng, (3, 3, 4, 4)), rnd(rng, (32, 32))
     b, ba = rnd(rng, (4,)), rnd(rng, (32,))
     with pytest.raises(ValueError, match="patch_features"):
-        K.patch_features(rnd(rng, (2, 12, 12, 3)), w1, b, w2, b, wa, ba)       # 12x12 patches
+        K.patch_features(rnd(rng, (2, 12, 12, 3)), *K.feature_weights(w1, b, w2, b, wa, ba))    # 12x12 patches
     with pytest.raises(ValueError, match="patch_features"):
-        K.patch_features(rnd(rng, (2, 14, 14, 3)), w1, b, w2, b, wa[:16], ba)  # attention too small
+        K.patch_features(rnd(rng, (2, 14, 14, 3)), *K.feature_weights(w1, b, w2, b, wa[:16], ba))  # attention
+    with pytest.raises(ValueError, match="patch_features"):
+        K.patch_features(rnd(rng, (2, 14, 14, 3)), *K.feature_weights(w1, b, w2, b[:3], wa, ba))  # conv2 bias
+    with pytest.raises(ValueError, match="feature_weights"):
+        K.feature_weights(w1[:2], b, w2, b, wa, ba)                                        # 2x3 conv1
 
 
 @given(seed=seeds, B=st.integers(1, 4), H=st.integers(1, 40), W=st.integers(1, 40), P=st.integers(1, 30),
@@ -346,12 +350,13 @@ def test_level_patch_features_is_bit_identical_to_the_layers(seed, B, H, W, P, s
     wa, ba = rnd(rng, (8 * C, 8 * C), 0.1), rnd(rng, (8 * C,))
     want = np.concatenate([_features_layer_by_layer(K.extract_patches(lv, c, 14), w1, b1, w2, b2, wa, ba)
                            for lv, c in zip(levels, corners)])
+    fw = K.feature_weights(w1, b1, w2, b2, wa, ba)
     one = np.full((B * P, 8 * C), np.nan, np.float32)
     for b in range(B):
-        K.level_patch_features(levels[b], corners[b], w1, b1, w2, b2, wa, ba, one[b * P:(b + 1) * P])
+        K.level_patch_features(levels[b], corners[b], *fw, one[b * P:(b + 1) * P])
     np.testing.assert_array_equal(one, want)
     many = np.full((B * P, 8 * C), np.nan, np.float32)
-    K.levels_patch_features(*_one_buffer(levels), corners, w1, b1, w2, b2, wa, ba, many)
+    K.levels_patch_features(*_one_buffer(levels), corners, *fw, many)
     np.testing.assert_array_equal(many, want)
 
 
@@ -376,12 +381,13 @@ def test_level_patch_features_takes_both_paths(spread, shared):
     w1, w2, wa = rnd(rng, (3, 3, 3, 32)), rnd(rng, (3, 3, 32, 32)), rnd(rng, (256, 256), 0.1)
     b, ba = rnd(rng, (32,)), rnd(rng, (256,))
     want = _features_layer_by_layer(K.extract_patches(level, corners, 14), w1, b, w2, b, wa, ba)
+    fw = K.feature_weights(w1, b, w2, b, wa, ba)
     out = np.empty((24, 256), np.float32)
-    assert K.level_patch_features(level, corners, w1, b, w2, b, wa, ba, out) == shared
+    assert K.level_patch_features(level, corners, *fw, out) == shared
     np.testing.assert_array_equal(out, want)
     out2 = np.empty((48, 256), np.float32)
-    assert K.levels_patch_features(*_one_buffer([level, level]), np.stack([corners, corners]), w1, b, w2, b,
-                                   wa, ba, out2) == 2 * shared
+    assert K.levels_patch_features(*_one_buffer([level, level]), np.stack([corners, corners]), *fw,
+                                   out2) == 2 * shared
     np.testing.assert_array_equal(out2, np.concatenate([want, want]))
 
 
@@ -390,22 +396,23 @@ def test_level_patch_features_rejects_wrong_shapes():
     w1, w2, wa = rnd(rng, (3, 3, 3, 4)), rnd(rng, (3, 3, 4, 4)), rnd(rng, (32, 32))
     b, ba = rnd(rng, (4,)), rnd(rng, (32,))
     level, corners = rnd(rng, (20, 20, 3)), np.zeros((3, 2), np.int64)
+    fw = K.feature_weights(w1, b, w2, b, wa, ba)
     with pytest.raises(ValueError, match="level_patch_features"):
-        K.level_patch_features(level, corners, w1, b, w2, b, wa, ba, np.empty((2, 32), np.float32))   # out rows
+        K.level_patch_features(level, corners, *fw, np.empty((2, 32), np.float32))   # out rows
     with pytest.raises(ValueError, match="level_patch_features"):
-        K.level_patch_features(level, corners[:0], w1, b, w2, b, wa, ba, np.empty((0, 32), np.float32))  # P = 0
+        K.level_patch_features(level, corners[:0], *fw, np.empty((0, 32), np.float32))  # P = 0
     with pytest.raises(ValueError, match="level_patch_features"):
-        K.level_patch_features(rnd(rng, (20, 20, 1)), corners, w1, b, w2, b, wa, ba, np.empty((3, 32), np.float32))
+        K.level_patch_features(rnd(rng, (20, 20, 1)), corners, *fw, np.empty((3, 32), np.float32))
     with pytest.raises(ValueError, match="levels_patch_features"):      # one level for two faces
-        K.levels_patch_features(*_one_buffer([level]), np.stack([corners, corners]), w1, b, w2, b, wa, ba,
+        K.levels_patch_features(*_one_buffer([level]), np.stack([corners, corners]), *fw,
                                 np.empty((6, 32), np.float32))
     with pytest.raises(ValueError, match="levels_patch_features"):      # a level with one channel
         K.levels_patch_features(*_one_buffer([level, rnd(rng, (20, 20, 1))]), np.stack([corners, corners]),
-                                w1, b, w2, b, wa, ba, np.empty((6, 32), np.float32))
+                                *fw, np.empty((6, 32), np.float32))
     data, offsets, shapes = _one_buffer([level, level])
     with pytest.raises(ValueError, match="outside its buffer"):          # the first level now overruns the buffer
         K.levels_patch_features(data, offsets + np.array([10, 0]), shapes, np.stack([corners, corners]),
-                                w1, b, w2, b, wa, ba, np.empty((6, 32), np.float32))
+                                *fw, np.empty((6, 32), np.float32))
 
 
 def test_normalise_pyramids_rejects_levels_outside_the_buffer():

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError, MusicaError
-from .io import as_rgb, image_or_path
+from .io import as_rgb, image_or_path, stretch_to_uint8
 
 
 class DetectorUnavailable(MusicaError):
@@ -78,8 +78,7 @@ def detect_faces(image, detector=None) -> list[Face]:
     (x0, y0, x1, y1) or (x0, y0, x1, y1, score). Boxes with no area or outside the image are dropped."""
     rgb = as_rgb(image_or_path(image))
     if rgb.dtype != np.uint8:                                  # 16-bit or float: stretch to 0..255 for the detector
-        lo, hi = float(rgb.min()), float(rgb.max())
-        rgb = ((rgb - lo) * (255.0 / (hi - lo if hi > lo else 1.0))).astype(np.uint8)
+        rgb = stretch_to_uint8(rgb)
     det = default_detector() if detector is None else detector
     if not callable(det):
         raise InputError(f"detector must be a callable image -> boxes, got {type(det).__name__}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .io import stretch_to_uint8
+
 # the landmark groups drawn as lines: (first, last + 1, closed) per scheme (300W 68 points, WFLW 98 points)
 CONTOURS = {
     68: [(0, 17, False), (17, 22, False), (22, 27, False), (27, 31, False), (31, 36, False),
@@ -18,13 +20,11 @@ BOX_OK, BOX_FAILED = (255, 255, 255), (255, 60, 60)
 
 
 def _as_display(image) -> np.ndarray:
+    """image as uint8 for display: (H, W) or (H, W, 3|4) as they are; float or 16-bit stretched to 0..255."""
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
-    if arr.dtype != np.uint8:                  # float or 16-bit: stretch to 0..255 for display
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = ((arr - lo) / (hi - lo if hi > lo else 1.0) * 255).astype(np.uint8)
-    return arr
+    return arr if arr.dtype == np.uint8 else stretch_to_uint8(arr)
 
 
 def _font(size):
@@ -39,7 +39,9 @@ def draw_results(image, results):
     """A PIL RGB image: `image` ((H, W), (H, W, 1|3|4), any dtype) with every Result of `results` drawn on
     it. Sizes follow each face's box: lines about 1/150 of its longer side, points 1/100."""
     from PIL import Image, ImageDraw
-    im = Image.fromarray(_as_display(image)).convert("RGB")
+    im = Image.fromarray(_as_display(image))
+    if im.mode != "RGB":                       # (convert copies even an RGB image)
+        im = im.convert("RGB")
     dr = ImageDraw.Draw(im)
     for r in results:
         box = r.box if r.box is not None else _tight(r.landmarks)

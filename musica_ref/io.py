@@ -11,16 +11,21 @@ import numpy as np
 
 from .errors import InputError
 
+# whole-image copies and conversions go this many rows at a time, so that a large image gets no second
+# full-size temporary (load_image, stretch_to_uint8)
+STRIP_ROWS = 256
 
-def as_rgb(image, channels: str = "rgb") -> np.ndarray:
-    """Check an image array and return it as (H, W, 3), uint8 or float32, never modifying the input.
+
+def image_view(image, channels: str = "rgb") -> np.ndarray:
+    """Check an image array and return it as an (H, W, C) view, C = 1 (grayscale) or 3, in RGB order, with
+    its own dtype: no pixel is copied or converted (rgb_region does that for the part that is needed).
 
     channels: "rgb" (default), or "bgr" for arrays in OpenCV's order (cv2.imread): their channels are
     reversed (a 4-channel BGRA array loses its alpha first).
 
-    Accepts (H, W), (H, W, 1), (H, W, 3) and (H, W, 4) arrays of uint8 (used as is), other integer types
-    (16-bit images included) or floats (converted to float32; the model's global normalisation makes the
-    value range irrelevant). Raises InputError for empty arrays, other shapes or dtypes, and NaN or inf.
+    Accepts (H, W), (H, W, 1), (H, W, 3) and (H, W, 4) arrays of uint8, other integer types (16-bit images
+    included) or floats; an alpha channel is dropped. Raises InputError for empty arrays, other shapes or
+    dtypes, and NaN or inf.
     """
     if not isinstance(image, np.ndarray):
         try:
@@ -44,19 +49,92 @@ def as_rgb(image, channels: str = "rgb") -> np.ndarray:
         image = image[:, :, :3]                                  # drop alpha
     if channels == "bgr" and image.shape[2] == 3:
         image = image[:, :, ::-1]
-    if image.dtype != np.uint8:
-        if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):
-            raise InputError("image has NaN or infinite values")
-        image = image.astype(np.float32)
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)                      # grayscale -> RGB
-    return np.ascontiguousarray(image)
+    if np.issubdtype(image.dtype, np.floating) and not (np.isfinite(image.min()) and np.isfinite(image.max())):
+        raise InputError("image has NaN or infinite values")      # (NaN propagates to min and max: no copy)
+    return image
+
+
+def is_rgb(image) -> bool:
+    """True if `image` is what the kernels read as it is: (H, W, 3) uint8 or float32, C-contiguous."""
+    return (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3
+            and image.dtype in (np.uint8, np.float32) and image.flags.c_contiguous)
+
+
+def rgb_region(view, rows=None, cols=None) -> np.ndarray:
+    """The pixels rows[0] <= r < rows[1], cols[0] <= c < cols[1] (default: all) of an image_view as an
+    (h, w, 3) C-contiguous array: uint8 stays uint8, anything else becomes float32 (the model's global
+    normalisation makes the value range irrelevant), grayscale is replicated to 3 channels. A region that
+    already is such an array (all of a uint8 RGB image, say) is returned as it is, not copied."""
+    r0, r1 = rows if rows is not None else (0, view.shape[0])
+    c0, c1 = cols if cols is not None else (0, view.shape[1])
+    part = view[r0:r1, c0:c1]
+    if is_rgb(part):
+        return part
+    out = np.empty(part.shape[:2] + (3,), np.uint8 if part.dtype == np.uint8 else np.float32)
+    out[...] = part                                              # converts, and broadcasts grayscale
+    return out
+
+
+def as_rgb(image, channels: str = "rgb") -> np.ndarray:
+    """Check an image array and return it as (H, W, 3), uint8 or float32, C-contiguous, never modifying the
+    input (image_view, then rgb_region of all of it). An image that already is one is returned as it is;
+    anything else is converted into one new array (grayscale replicated, other dtypes to float32)."""
+    return rgb_region(image_view(image, channels))
+
+
+def stretch_to_uint8(image) -> np.ndarray:
+    """An array of any real dtype stretched from its minimum .. maximum to 0 .. 255 as uint8 (for a detector or
+    a display), a strip of rows at a time, so a large image gets no full-size float64 temporary."""
+    lo, hi = float(image.min()), float(image.max())
+    scale = 255.0 / (hi - lo if hi > lo else 1.0)
+    out = np.empty(image.shape, np.uint8)
+    for y in range(0, image.shape[0], STRIP_ROWS):
+        out[y:y + STRIP_ROWS] = (image[y:y + STRIP_ROWS] - lo) * scale
+    return out
+
+
+# the stored pixels of an image whose EXIF orientation (tag 274) is o, as a view of the image as viewers show
+# it (TIFF/EXIF 2.3): load_image writes the file's pixels into this view, which puts them upright
+_STORED_AS = {
+    1: lambda up: up,
+    2: lambda up: up[:, ::-1],                                   # mirrored left-right
+    3: lambda up: up[::-1, ::-1],                                # turned 180 degrees
+    4: lambda up: up[::-1],                                      # mirrored top-bottom
+    5: lambda up: up.swapaxes(0, 1),                             # mirrored along the main diagonal
+    6: lambda up: np.rot90(up, 1),                               # shown after turning 90 degrees clockwise
+    7: lambda up: up[::-1, ::-1].swapaxes(0, 1),                 # mirrored along the other diagonal
+    8: lambda up: np.rot90(up, -1),                              # shown after turning 90 degrees anticlockwise
+}
+
+
+def _decoded_to_array(im) -> np.ndarray:
+    """A decoded Pillow image -> one new array, upright by its EXIF orientation: (H, W, 3) uint8, or (H, W)
+    for 16- and 32-bit grayscale (values kept). The rows are copied a strip at a time, so no second full-size
+    copy is made on the way (Pillow's transposition, conversion and tobytes would each make one)."""
+    try:
+        orientation = int(im.getexif().get(0x0112, 1))
+    except Exception:                                            # an unreadable EXIF block: as stored
+        orientation = 1
+    orientation = orientation if orientation in _STORED_AS else 1
+    W, H = im.size
+    deep = im.mode in ("I;16", "I;16B", "I;16L", "I", "F")
+    out = stored = None
+    for y in range(0, H, STRIP_ROWS):
+        strip = im.crop((0, y, W, min(H, y + STRIP_ROWS)))
+        if not deep and strip.mode != "RGB":
+            strip = strip.convert("RGB")                         # L, LA, P, RGBA, CMYK, ...
+        a = np.asarray(strip)
+        if out is None:
+            out = np.empty(((W, H) if orientation >= 5 else (H, W)) + a.shape[2:], a.dtype)
+            stored = _STORED_AS[orientation](out)               # out as the file stores it: (H, W, ...)
+        stored[y:y + a.shape[0]] = a
+    return out
 
 
 def load_image(path) -> np.ndarray:
     """Read an image file with Pillow -> (H, W, 3) uint8 (or float32 for 16-bit and float files), turned
     by its EXIF orientation (if any), so that pixel coordinates are those of the image as viewers show it."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
     path = os.fspath(path)
     if os.path.isdir(path):
         raise InputError(f"{path!r} is a folder, not an image file")
@@ -81,13 +159,7 @@ def load_image(path) -> np.ndarray:
         try:
             with raw:
                 raw.load()
-                im = ImageOps.exif_transpose(raw)                 # orientations 2-8 turned upright
-                if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                    arr = np.asarray(im)                          # 16/32-bit grayscale: keep the values
-                elif im.mode == "RGB":
-                    arr = np.asarray(im)
-                else:
-                    arr = np.asarray(im.convert("RGB"))           # L, LA, P, RGBA, CMYK, ...
+                arr = _decoded_to_array(raw)
         except (OSError, ValueError, SyntaxError) as exc:
             raise InputError(f"{path!r} could not be decoded as an image: {exc}") from None
     return as_rgb(arr)

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import geometry, kernels
 from .errors import InputError
-from .io import as_rgb, image_or_path
+from .io import as_rgb, image_or_path, image_view
 from .network import HIDDEN, feature_weights, iteration_forward, iteration_forward_levels
 from .pyramid import Pyramids
 from .models import DEFAULT_MODEL, resolve_model
@@ -182,9 +182,9 @@ class MuSiCa:
         images = [image_or_path(im) for im in images]
         if len(images) != len(boxes):
             raise InputError(f"got {len(images)} images for {len(boxes)} boxes; give one image, or one per box")
-        done = {}                                           # checked and converted once per distinct image
-        images = [done[id(im)] if id(im) in done else done.setdefault(id(im), as_rgb(im, channels))
-                  for im in images]
+        done = {}                                           # checked once per distinct image; the pyramids
+        images = [done[id(im)] if id(im) in done else done.setdefault(id(im), image_view(im, channels))
+                  for im in images]                         # convert only the faces' regions (Pyramids.fill)
         given = []
         for i, (im, b) in enumerate(zip(images, boxes)):
             try:
@@ -210,19 +210,19 @@ class MuSiCa:
             buffer, self._spare = self._spare, None         # time finds none and makes its own
         try:
             for k in range(0, len(boxes), BATCH_CHUNK):      # bounded memory: pyramids of one chunk at a time
-                prepared = {}                               # id(image) -> (rgb, [face index in the chunk])
+                prepared = {}                               # id(image) -> (image, [face index in the chunk])
                 frames = []
                 for i, (img, box) in enumerate(zip(images[k:k + BATCH_CHUNK], boxes[k:k + BATCH_CHUNK])):
-                    if id(img) not in prepared:              # one conversion per distinct image
-                        prepared[id(img)] = (as_rgb(img), [])
-                    rgb, members = prepared[id(img)]
+                    if id(img) not in prepared:              # one fill per distinct image
+                        prepared[id(img)] = (img, [])
+                    members = prepared[id(img)][1]
                     members.append(i)
-                    frames.append(geometry.face_frame(geometry.check_box(box, rgb.shape)))
+                    frames.append(geometry.face_frame(geometry.check_box(box, img.shape)))
                 pyramids = Pyramids(frames, buffer=buffer)  # all faces of the chunk in one buffer
                 if buffer is None or pyramids.data.base is not buffer:
                     buffer = pyramids.data                  # a new, larger one
-                for rgb, members in prepared.values():      # one image's faces together
-                    pyramids.fill(rgb, members)
+                for img, members in prepared.values():      # one image's faces together
+                    pyramids.fill(img, members)
                 results += self._cascade(pyramids, ts, tf)
         finally:
             with self._spare_lock:                          # keep the larger of the two for the next call

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import kernels
 from .geometry import N_LEVELS, FaceFrame, sampling_grid
+from .io import is_rgb, rgb_region
 
 
 class Pyramids:
@@ -48,14 +49,29 @@ class Pyramids:
         return [self.level(f, L) for L in range(N_LEVELS)]
 
     def fill(self, image, faces) -> None:
-        """Compute the pyramids of `faces` (indices, all in `image` (H, W, 3) uint8 or float32), bit for bit
-        the same however they are grouped: the resamplings (3 per face) are taken in turn by the threads,
-        then the faces' normalisations (one face: on this thread)."""
+        """Compute the pyramids of `faces` (indices, all in `image`), bit for bit the same however they are
+        grouped: the resamplings (3 per face) are taken in turn by the threads, then the faces' normalisations
+        (one face: on this thread).
+
+        image: (H, W, 3) uint8 or float32, C-contiguous, read as it is; or any io.image_view (grayscale,
+        another dtype, a strided view), of which only the region the faces' levels take pixels from is
+        converted (io.rgb_region): a face in a large image costs a copy of the face, not of the image."""
         faces = np.asarray(list(faces), np.int64)
         if len(faces) == 0:
             return
         grids = [self.grids[f][L] for f in faces for L in range(N_LEVELS)]
-        kernels.resample_many(image, np.array([o[0] for o, _, _ in grids], np.float64),
+        H, W = image.shape[:2]
+        if is_rgb(image):
+            region, top, left = image, 0, 0
+        else:
+            rows = [kernels.resample_span(o[1], step, n[0], H) for o, step, n in grids]
+            cols = [kernels.resample_span(o[0], step, n[1], W) for o, step, n in grids]
+            top, bottom = min(r[0] for r in rows), max(r[1] for r in rows) + 1
+            left, right = min(c[0] for c in cols), max(c[1] for c in cols) + 1
+            top, left = min(top, H - 1), min(left, W - 1)                     # at least one pixel
+            region = rgb_region(image, (top, max(bottom, top + 1)), (left, max(right, left + 1)))
+        kernels.resample_many(region, np.array([top, left, H, W], np.int64),
+                              np.array([o[0] for o, _, _ in grids], np.float64),
                               np.array([o[1] for o, _, _ in grids], np.float64),
                               np.array([step for _, step, _ in grids], np.float64),
                               self.data, self.offsets[faces].reshape(-1), self.shapes[faces, :, :2].reshape(-1, 2))

@@ -314,3 +314,38 @@ def test_the_compile_notice_comes_once_before_the_first_prediction(capsys, monke
     assert code == 0 and lines[0].startswith("musica-ref: compiling the Numba kernels") and len(lines) == 2
     code, _, err = run(capsys, "predict", tmp_path / "none.png", "--box", "1,1,5,5", "--weights", weights_file)
     assert code == 2 and err.count("\n") == 1 and "does not exist" in err     # an error stays one line
+
+
+def test_only_the_faces_region_is_converted(model):
+    """A face in a large image that is not already (H, W, 3) uint8 or float32 and contiguous (grayscale,
+    BGR, 16-bit, float64, a strided view): only the pixels its pyramid takes are converted, with the same
+    result bit for bit as converting the whole image first, for faces alone and several in one call."""
+    import tracemalloc
+    rng = np.random.default_rng(11)
+    big = rng.integers(0, 256, (900, 1200, 3), dtype=np.uint8)
+    boxes = [(100, 120, 160, 190), (900, 600, 1000, 700), (-20, 850, 40, 910)]      # the last at an edge
+    ref = model.predict_batch(big, boxes)
+    assert [r.box for r in ref] == [tuple(map(float, b)) for b in boxes]
+    gray = big[:, :, 1]
+    cases = [(big[:, :, ::-1], "bgr", big), (gray, "rgb", np.repeat(gray[:, :, None], 3, 2)),
+             (big.astype(np.uint16) * 3, "rgb", big.astype(np.float32) * 3),
+             (big / 7.0, "rgb", (big / 7.0).astype(np.float32)),
+             (np.concatenate([big, big], 1)[:, ::2], "rgb", np.ascontiguousarray(np.concatenate([big, big], 1)[:, ::2]))]
+    for image, channels, whole in cases:
+        want = ref if whole is big else model.predict_batch(whole, boxes)
+        got = model.predict_batch(image, boxes, channels=channels)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g.landmarks, w.landmarks)
+            np.testing.assert_array_equal(g.errors, w.errors)
+        one = model.predict(image, boxes[1], channels=channels)
+        np.testing.assert_array_equal(one.landmarks, want[1].landmarks)
+    # memory: a small face in a float64 image converts a region, not the image (float32: 13 MB here)
+    f64 = big / 7.0
+    model.predict(f64, boxes[0])                             # anything made once, made before measuring
+    tracemalloc.start()
+    try:
+        model.predict(f64, boxes[0])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.25 * f64.size * 4, peak

@@ -272,7 +272,7 @@ def test_resample_many_equals_resample(seed, n, dtype):
     sizes = [h * w * 3 for h, w in shapes]
     offsets = np.cumsum([5] + sizes[:-1]).astype(np.int64)          # slots after a gap of 5 values
     data = np.full(5 + sum(sizes) + 7, np.nan, np.float32)
-    K.resample_many(img, ox, oy, step, data, offsets, np.array(shapes, np.int64))
+    K.resample_many(img, np.array([0, 0, 23, 31]), ox, oy, step, data, offsets, np.array(shapes, np.int64))
     for i, (h, w) in enumerate(shapes):
         got = data[offsets[i]:offsets[i] + sizes[i]].reshape(h, w, 3)
         assert not np.isnan(got).any()
@@ -281,18 +281,37 @@ def test_resample_many_equals_resample(seed, n, dtype):
         K.resample_into(img, ox[i], oy[i], step[i], into)
         np.testing.assert_array_equal(into, got)
     assert np.isnan(data[:5]).all() and np.isnan(data[-7:]).all()    # nothing written outside the slots
+    # given only the window of the image the outputs take pixels from (resample_span): the same bits
+    rows = [K.resample_span(oy[i], step[i], h, 23) for i, (h, w) in enumerate(shapes)]
+    cols = [K.resample_span(ox[i], step[i], w, 31) for i, (h, w) in enumerate(shapes)]
+    rows, cols = [r for r in rows if r[0] <= r[1]], [c for c in cols if c[0] <= c[1]]
+    if rows and cols:
+        t, b = min(r[0] for r in rows), max(r[1] for r in rows) + 1
+        le, ri = min(c[0] for c in cols), max(c[1] for c in cols) + 1
+        again = np.full_like(data, np.nan)
+        K.resample_many(np.ascontiguousarray(img[t:b, le:ri]), np.array([t, le, 23, 31]), ox, oy, step, again,
+                        offsets, np.array(shapes, np.int64))
+        np.testing.assert_array_equal(again, data)
 
 
-def test_resample_many_rejects_slots_outside_the_buffer():
+def test_resample_many_rejects_slots_outside_the_buffer_and_short_windows():
     img = np.zeros((8, 8, 3), np.uint8)
-    one = np.zeros(1)
+    one, all8 = np.zeros(1), np.array([0, 0, 8, 8])
     with pytest.raises(ValueError, match="outside its buffer"):      # 4x4x3 = 48 values from 10 in 50
-        K.resample_many(img, one, one, one + 1, np.zeros(50, np.float32), np.array([10]), np.array([[4, 4]]))
+        K.resample_many(img, all8, one, one, one + 1, np.zeros(50, np.float32), np.array([10]), np.array([[4, 4]]))
     with pytest.raises(ValueError, match="outside its buffer"):      # a negative offset
-        K.resample_many(img, one, one, one + 1, np.zeros(50, np.float32), np.array([-1]), np.array([[2, 2]]))
+        K.resample_many(img, all8, one, one, one + 1, np.zeros(50, np.float32), np.array([-1]), np.array([[2, 2]]))
     with pytest.raises(ValueError, match="resample_many"):           # two offsets, one origin
-        K.resample_many(img, one, one, one + 1, np.zeros(50, np.float32), np.array([0, 12]),
+        K.resample_many(img, all8, one, one, one + 1, np.zeros(50, np.float32), np.array([0, 12]),
                         np.array([[2, 2], [2, 2]]))
+    with pytest.raises(ValueError, match="window"):                  # the window larger than its image
+        K.resample_many(img, np.array([1, 0, 8, 8]), one, one, one, np.zeros(50, np.float32), np.array([0]),
+                        np.array([[2, 2]]))
+    # a 2x2 output at (0, 0), step 1, takes rows and columns 0 .. 3: a window from row 1 lacks row 0
+    with pytest.raises(ValueError, match="window"):
+        K.resample_many(img[1:], np.array([1, 0, 9, 8]), one, one, one + 1, np.zeros(50, np.float32),
+                        np.array([0]), np.array([[2, 2]]))
+    assert K.resample_span(0.0, 1.0, 2, 8) == (0, 3) and K.resample_span(0.0, 1.0, 2, 2) == (0, 1)
     with pytest.raises(ValueError, match="channels"):
         K.resample_into(img, 0.0, 0.0, 1.0, np.zeros((2, 2, 1), np.float32))
 

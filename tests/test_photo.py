@@ -237,21 +237,30 @@ STORED = {
     2: lambda up: up[:, ::-1],                            # mirrored left-right
     3: lambda up: up[::-1, ::-1],                         # turned 180 degrees
     4: lambda up: up[::-1],                               # mirrored top-bottom
-    5: lambda up: up.transpose(1, 0, 2),                  # mirrored along the main diagonal
+    5: lambda up: up.swapaxes(0, 1),                      # mirrored along the main diagonal
     6: lambda up: np.rot90(up, 1),                        # shown after turning 90 degrees clockwise
-    7: lambda up: up[::-1, ::-1].transpose(1, 0, 2),      # mirrored along the other diagonal
+    7: lambda up: up[::-1, ::-1].swapaxes(0, 1),          # mirrored along the other diagonal
     8: lambda up: np.rot90(up, -1),                       # shown after turning 90 degrees anticlockwise
 }
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_is_applied(tmp_path, orientation):
+@pytest.mark.parametrize("strip_rows", [7, 256])
+def test_exif_orientation_is_applied(tmp_path, monkeypatch, orientation, strip_rows):
+    """load_image copies the file's rows into its array a strip at a time, upright: with strips of 7 rows the
+    50 x 30 or 30 x 50 stored rows come in several strips and a short last one."""
+    monkeypatch.setattr(m.io, "STRIP_ROWS", strip_rows)
     up = np.random.default_rng(orientation).integers(0, 256, (30, 50, 3), dtype=np.uint8)
     exif = Image.Exif()
     exif[0x0112] = orientation
     path = tmp_path / f"o{orientation}.png"
     Image.fromarray(np.ascontiguousarray(STORED[orientation](up))).save(path, exif=exif)
     np.testing.assert_array_equal(m.load_image(path), up)
+    Image.fromarray(np.ascontiguousarray(STORED[orientation](up[:, :, 0]))).save(path, exif=exif)    # grayscale
+    np.testing.assert_array_equal(m.load_image(path), np.repeat(up[:, :, :1], 3, 2))
+    deep = (up[:, :, 0].astype(np.int32) * 250).astype(np.uint16)                                   # 16-bit
+    Image.fromarray(np.ascontiguousarray(STORED[orientation](deep))).save(path, exif=exif)
+    np.testing.assert_array_equal(m.load_image(path), np.repeat(deep[:, :, None], 3, 2).astype(np.float32))
 
 
 # --- the command line on many images --------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import musica_ref as m
-from tools import analyses, evaluate, time_predict
+from tools import analyses, evaluate, peak_memory, time_predict
 
 from conftest import synthetic_folder
 
@@ -105,3 +105,11 @@ def test_evaluate_boxes_and_choose_tf_on_a_synthetic_set(tmp_path, capsys):
     import h5py
     with h5py.File(w) as f:                                                    # still stored as float16
         assert f["iteration_0/recurrent/weight"].dtype == np.float16
+
+
+def test_peak_memory_runs_end_to_end(capsys):
+    peak_memory.main(["--size", "700", "--face", "400", "--model", "musica19", "--format", "png"])
+    out = capsys.readouterr().out
+    assert "700 x 700 png, --box, --overlay" in out and "machine:" in out
+    with pytest.raises(SystemExit):
+        peak_memory.main(["--size", "700", "--face", "100"])

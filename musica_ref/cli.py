@@ -433,8 +433,8 @@ def _glue_negative_boxes(argv):
 
 
 def main(argv=None) -> int:
-    # Numba's OpenMP threads spin while they wait; on a machine busy with other work that made one predict
-    # ~40x slower here (400 ms instead of 8-10 ms). Passive waiting avoids it; a value the user set wins.
+    # Numba's OpenMP threads spin while they wait; on a machine busy with other work that makes a predict
+    # many times slower (docs/benchmarks.md). Passive waiting avoids it; a value the user set wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(_glue_negative_boxes(sys.argv[1:] if argv is None else list(argv)))
     try:

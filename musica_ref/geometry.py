@@ -1,9 +1,9 @@
-"""Geometry: image + face box -> level-0 face frame -> 3 pyramid levels, and back (spec sections 4 and 5).
+"""Geometry: image + face box -> level-0 face frame -> 3 pyramid levels, and back (docs/model.md §4, §5).
 
 This module owns every geometric constant of the model. Nothing else in the package hard-codes 142, 0.3,
 7 or a pixel-centre offset.
 
-Coordinates (spec 3): points are (x, y), 0-based, in pixels of the image they refer to; the centre of pixel
+Coordinates (docs/model.md §3): points are (x, y), 0-based, in pixels of the image they refer to; the centre of pixel
 (row r, col c) is (x=c, y=r). Boxes are (x0, y0, x1, y1), w = x1 - x0, h = y1 - y0.
 
 The face frame is the box grown by MARGIN of its width (height) on each side. Pyramid level L is ONE
@@ -149,7 +149,7 @@ def box_frame_shape(points, box) -> np.ndarray:
 def patch_corners(centres) -> np.ndarray:
     """Top-left pixel (col, row) of the PATCH_SIZE x PATCH_SIZE patch around each centre (x, y).
 
-    centres (..., 2) float, e.g. (P, 2) -> the same shape, int64: (floor(x) - 7, floor(y) - 7) (spec 5).
+    centres (..., 2) float, e.g. (P, 2) -> the same shape, int64: (floor(x) - 7, floor(y) - 7) (docs/model.md §5).
     """
     return np.floor(np.asarray(centres, dtype=np.float64)).astype(np.int64) - PATCH_BEFORE
 

@@ -1,6 +1,6 @@
 """Reading and checking inputs: images (arrays or files) and 300W `.pts` landmark files.
 
-Conventions (spec 3): images are (H, W, 3) RGB at the API; grayscale is replicated to 3 channels and an
+Conventions (docs/model.md §3): images are (H, W, 3) RGB at the API; grayscale is replicated to 3 channels and an
 alpha channel dropped. `.pts` files are 1-based (300W): 1 is subtracted on read and added on write.
 """
 from __future__ import annotations

@@ -29,8 +29,8 @@ FC_KCHUNK = 256
 # parallel, else the chunks
 FC_GROUP_BLOCKS = 4
 # a layer with at most this many weights runs on the calling thread only: waking a waiting thread (with
-# passive OpenMP waiting, about 20 us for an empty parallel region on the development machine) costs more
-# than the layer's work
+# passive OpenMP waiting, an empty parallel region costs tens of microseconds) costs more than the layer's
+# work (speed only: no result depends on it)
 FC_SERIAL_WEIGHTS = 2 ** 17
 
 
@@ -853,9 +853,8 @@ def _conv1_span(xt, w1t, b1, o, c1, S, L, n0, n1):
     over (c, di, dj) in order of xt[c * L + n + di * S + dj] * w1t[o + q, (c * 3 + di) * 3 + dj], for
     n0 <= n < n1. One pass over the span per input channel and kernel row (c, di): each of its 3 inputs is
     loaded once for the 4 output channels (12 weights and 4 sums fit in registers), and the 4 sums are
-    independent chains. The loop over n vectorises. (One channel per pass, its 9 taps unrolled, reloads
-    every input for every output channel; this takes about two thirds of its time on the development
-    machine.) S, L, n0, n1 are uint64: non-negative indices let the loads be plain vector loads (a signed
+    independent chains. The loop over n vectorises. (One channel per pass, its 9 taps unrolled, would
+    reload every input for every output channel: slower, docs/engine.md.) S, L, n0, n1 are uint64: non-negative indices let the loads be plain vector loads (a signed
     index may wrap around, which turns every load into a gather)."""
     da, db, dc, dd = c1[o], c1[o + 1], c1[o + 2], c1[o + 3]
     ba, bb, bc, bd = b1[o], b1[o + 1], b1[o + 2], b1[o + 3]
@@ -1111,7 +1110,7 @@ def _patch_input_from_level(level, c0, r0, xt, k):
 
 @njit(parallel=True, cache=True)
 def patch_features(patches, w1t, b1p, w2f, b2, wa, ba):
-    """The patch feature extractor and its attention gate in one pass per patch (spec 6):
+    """The patch feature extractor and its attention gate in one pass per patch (docs/model.md §6):
     conv3x3 + ReLU -> maxpool2x2 -> conv3x3 + ReLU -> maxpool2x2 -> crop_concat -> fully_connected -> sigmoid
     -> gate, computed element by element with the same float32 operations in the same order as those
     kernels (each convolution output: bias, then (c, di, dj) in order), so the result is bit-identical to
@@ -1134,7 +1133,7 @@ def patch_features(patches, w1t, b1p, w2f, b2, wa, ba):
     G = (BP + FEATURE_ITEM - 1) // FEATURE_ITEM
     nxt = np.zeros(1, np.int64)
     for _ in prange(G):                            # the work items taken in turn (_take); a thread allocates
-        t = _take(nxt)                             # its scratch once (~1 us), not once per item
+        t = _take(nxt)                             # its scratch once (an allocation), not once per item
         if t < G:
             scratch = _group_scratch(C)
             xt = scratch[0]

@@ -1,4 +1,4 @@
-"""Accuracy metrics of face alignment (spec section 10), for one face or many.
+"""Accuracy metrics of face alignment (docs/model.md §10), for one face or many.
 
 Per face: the mean Euclidean error over the points that have a location, divided by a normaliser:
 - NME_box: sqrt(w * h) of the ground truth's tight box (the AFLW2000-3D convention);

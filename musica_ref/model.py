@@ -1,4 +1,4 @@
-"""The MuSiCa cascade (paper section 3, spec 4-7): image + box -> pyramid -> 3 iterations of
+"""The MuSiCa cascade (paper section 3, docs/model.md §4-§7): image + box -> pyramid -> 3 iterations of
 patches -> network -> update, with early exit -> landmarks in image coordinates.
 
     frame   = geometry.face_frame(box)                     level-0 frame: margin 0.3, longer box side 142
@@ -173,8 +173,8 @@ class MuSiCa:
         is checked before any face runs; an error names the box's index.
 
         The faces run BATCH_CHUNK at a time. Their pyramids (about 0.8 MB a face) live in one buffer that
-        the model keeps for its next call (fresh memory costs page faults, 10-15% of a batch's time on a
-        virtual machine); calls from several threads at once each get their own."""
+        the model keeps for its next call (fresh memory costs page faults, docs/engine.md "Threads"); calls
+        from several threads at once each get their own."""
         ts, tf = _check_thresholds(ts, self.default_tf if tf is None else tf, refine)
         boxes = _box_list(boxes)
         if not isinstance(images, (list, tuple)):          # one image (array, array-like or path) for every box

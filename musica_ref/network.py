@@ -1,4 +1,4 @@
-"""One iteration's network (spec section 6), run with the Numba kernels.
+"""One iteration's network (docs/model.md §6), run with the Numba kernels.
 
     patches (B*P, 14, 14, 3)
       conv1   3x3x32, bias, ReLU     -> (B*P, 12, 12, 32)

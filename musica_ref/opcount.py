@@ -1,4 +1,4 @@
-"""Analytic multiply-add and parameter counts (spec section 9, paper Table 1).
+"""Analytic multiply-add and parameter counts (docs/model.md §9, paper Table 1).
 
 Unit: one multiply-add (MA) = one multiplication followed by an addition, as in a dot product. Biases,
 activations and pooling are not counted. Two conventions:

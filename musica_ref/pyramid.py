@@ -1,4 +1,4 @@
-"""The image pyramid of one face (spec 4): 3 levels, each ONE antialiased resampling of the source image,
+"""The image pyramid of one face (docs/model.md §4): 3 levels, each ONE antialiased resampling of the source image,
 normalised by the mean and standard deviation of level 0.
 
 The pyramids of a batch of faces live in one flat float32 buffer (Pyramids): the batch kernels take the
@@ -18,8 +18,8 @@ class Pyramids:
     until fill() computes them from their image (every value is written).
 
     buffer: an optional flat, contiguous float32 array whose first values hold the levels, so that a caller
-    running batch after batch reuses one buffer (fresh memory costs page faults: 10-15% of the time of a
-    batch of 64 faces on a virtual machine, 2026-12-01). Without one, or if it is too small, the levels get
+    running batch after batch reuses one buffer (fresh memory costs page faults, docs/engine.md
+    "Threads"). Without one, or if it is too small, the levels get
     a new array."""
 
     def __init__(self, frames, channels: int = 3, buffer: np.ndarray | None = None):

@@ -1,4 +1,4 @@
-"""The named model variants of the paper's Table 1 (spec section 2).
+"""The named model variants of the paper's Table 1 (docs/model.md §2).
 
 A variant is data, never a code path: any landmark count N and any list of P patch indices work. Patch lists
 are 0-based landmark indices, in the order their patches enter the recurrent layer.

@@ -1,4 +1,4 @@
-"""Geometry (spec 4, 5): frame, pyramid relation, inverse map, patch placement."""
+"""Geometry (docs/model.md §4, §5): frame, pyramid relation, inverse map, patch placement."""
 import numpy as np
 import pytest
 from hypothesis import given

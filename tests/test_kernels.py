@@ -94,7 +94,7 @@ def test_crop_concat_kernel_twin_and_layout(seed, B, C):
     conv2, pool2 = rnd(rng, (B, 4, 4, C)), rnd(rng, (B, 2, 2, C))
     got = K.crop_concat(conv2, pool2)
     np.testing.assert_array_equal(got, R.crop_concat(conv2, pool2))
-    # the layout of spec 6, element by element: f = (row * 2 + col) * 2C + channel, crop first
+    # the layout of docs/model.md §6, element by element: f = (row * 2 + col) * 2C + channel, crop first
     for r in range(2):
         for c in range(2):
             for ch in range(C):

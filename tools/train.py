@@ -1,4 +1,4 @@
-"""Train a MuSiCa variant and export weights that `musica_ref` loads (spec section 8).
+"""Train a MuSiCa variant and export weights that `musica_ref` loads (docs/training.md).
 
     python tools/train.py --variant musica68 --train ../shared/data/train_merl_aflw.h5 \
         --val ../shared/data/val_merl_aflw.h5 --minutes 60 --out weights/musica68.h5
@@ -30,13 +30,13 @@ from tools.trainer import data as D                            # noqa: E402
 from tools.trainer.model import MuSiCaTorch, load_into, to_weights   # noqa: E402
 
 
-# --- loss (spec 8) ---------------------------------------------------------------------------------------
+# --- loss (docs/training.md) ---------------------------------------------------------------------------------
 
 def loss_terms(out, gt0, visible, norm, dead_zone: float, hidden_weight: float = 0.0,
                iteration_weights=None):
     """Per iteration i: L_i = mean over visible points of the L1 point error / normaliser, errors under
     `dead_zone` counted as zero; eps_i = the true Euclidean NME (a constant for the error term);
-    loss = sum_i w_i mean_batch(0.95 L_i + 0.05 |eps_i - E_i|), w_i = 1 (the spec's loss) unless
+    loss = sum_i w_i mean_batch(0.95 L_i + 0.05 |eps_i - E_i|), w_i = 1 (the paper's loss) unless
     `iteration_weights` (one per iteration) says otherwise. Returns (loss, eps (3, B)).
 
     hidden_weight > 0: the points without a location count in L_i too, with that weight (a weighted mean);
@@ -102,7 +102,7 @@ def validation_batches(faces: D.FaceSet, mean, n: int, batch: int):
 
 @torch.no_grad()
 def evaluate(model, val, device, dead_zone):
-    """(validation loss, NME per iteration (3,)) over the batches `val`. The loss is the spec's (every
+    """(validation loss, NME per iteration (3,)) over the batches `val`. The loss is the paper's (every
     iteration weighs 1, the located points only) whatever the run's --iteration-weights and --hidden-weight,
     so the validation losses of runs with different options compare."""
     model.eval()
@@ -173,7 +173,7 @@ def parse_args(argv=None):
                          "where the faces' 3-D shape projects them (data.fill_hidden); 0: left out")
     ap.add_argument("--iteration-weights", default="",
                     help="comma-separated weight of each iteration's term in the loss (default: 1 each, the "
-                         "spec's loss); more weight on the early iterations trades final accuracy for early exit")
+                         "paper's loss); more weight on the early iterations trades final accuracy for early exit")
     ap.add_argument("--dead-zone", type=float, default=0.002, help="per-point normalised L1 errors below it count as 0")
     ap.add_argument("--no-gdb", action="store_true", help="no Generalized Data Balancing (uniform sampling)")
     ap.add_argument("--gdb-variance", type=float, default=0.95, help="GDB keeps the PCA components up to this variance")

@@ -128,7 +128,7 @@ NORM_FLOOR = 0.25
 
 
 def normaliser(points, visible) -> float:
-    """The error normaliser of one face (in the points' units): the outer-eye-corner distance (spec 7), with
+    """The error normaliser of one face (in the points' units): the outer-eye-corner distance (docs/model.md §7), with
     the fallback and floor above. points (N, 2), visible (N,)."""
     vis = np.asarray(visible, bool)
     tb = geometry.tight_box(points[vis])

@@ -1,6 +1,6 @@
 """The MuSiCa network in PyTorch, for training: the twin of musica_ref/network.py and model.py.
 
-Only the network (spec 6) is re-expressed here; the geometry (pyramid levels, initial shapes, patch centres
+Only the network (docs/model.md §6) is re-expressed here; the geometry (pyramid levels, initial shapes, patch centres
 -> corners) is musica_ref's own. Tensor names match the weights file: `iterations.{i}.{conv1,conv2,attention,
 recurrent,output}.{weight,bias}` <-> `iteration_{i}/{layer}/{weight,bias}`.
 

@@ -21,10 +21,15 @@ from numba import njit, prange, types, uint64
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-# The fully connected kernel sums its K inputs in fixed chunks of FC_KCHUNK, and each work item reuses a
-# weight row for FC_ROWS inputs of the batch.
-FC_ROWS = 8
+# --- constants that fix results (part of the numerical contract: a bit-exact port copies them; docs/porting.md)
+# The fully connected kernel sums its K inputs in fixed chunks of FC_KCHUNK, each from 0, then bias + chunk 0 +
+# chunk 1 + ...
 FC_KCHUNK = 256
+# (mean_std's MEAN_STD_LANES, below with its kernel, is the other one.)
+
+# --- constants that only tune speed (no result depends on them) ------------------------------------------------
+# each work item of the fully connected kernel reuses a weight row for FC_ROWS inputs of the batch
+FC_ROWS = 8
 # with at least two groups of FC_GROUP_BLOCKS blocks of FC_ROWS inputs, fully_connected runs the groups in
 # parallel, else the chunks
 FC_GROUP_BLOCKS = 4
@@ -255,7 +260,7 @@ def _axis_taps(origin, step, n_out, size):
     return first, w
 
 
-# output rows per work item of resample
+# output rows per work item of resample (speed only)
 RESAMPLE_ROWS = 16
 
 
@@ -410,7 +415,7 @@ def resample_many(image, window, origins_x, origins_y, steps, data, offsets, sha
             i = _take(nxt)
 
 
-# mean_std sums in this many interleaved partial sums
+# mean_std sums in this many interleaved partial sums (fixes results: part of the numerical contract)
 MEAN_STD_LANES = 8
 
 
@@ -831,7 +836,7 @@ def gate(features, attention):
 
 # --- the feature extractor, fused ----------------------------------------------------------------------------
 
-# patches per work item of patch_features; its conv1 takes exactly this many input channels (RGB)
+# patches per work item of patch_features (speed only); its conv1 takes exactly this many input channels (RGB)
 FEATURE_ITEM = 4
 CONV1_IN = 3
 
@@ -1160,7 +1165,7 @@ def patch_features(patches, w1t, b1p, w2f, b2, wa, ba):
 
 # conv1 is shared only while the patches' bounding box has at most this many times the positions of their
 # conv1 outputs together (this bounds the scratch, and patches spread wider overlap too little to gain: they
-# go one by one, without the cost of working out their overlap)
+# go one by one, without the cost of working out their overlap). Speed only, like SPAN_GAP.
 SHARED_MAP_LIMIT = 1.5
 # the map computes conv1 over gaps of at most this many positions between needed ones (long vector loops)
 SPAN_GAP = 32

@@ -76,3 +76,19 @@ def test_engine_reproduces_golden_vectors(path):
                 lines.append(line)
     print("\n".join(lines))                      # the per-tensor report (pytest -s shows it)
     assert ok, "golden parity failed:\n" + "\n".join(lines)
+
+
+def test_every_shipped_model_has_a_current_golden_file():
+    """A model cannot ship without its golden file (python tools/golden.py --all writes the missing ones)."""
+    shipped = sorted(p.name for p in (ROOT / "weights").glob("*.h5"))
+    assert shipped and shipped == [p.name for p in GOLDEN]
+
+
+def test_golden_tool_arguments():
+    pytest.importorskip("torch", reason="PyTorch is not installed (pip install '.[train]')")
+    from tools import golden
+    for argv in ([], ["--all", "--weights", "w.h5"], ["--weights", "w.h5"], ["--force"]):
+        with pytest.raises(SystemExit):
+            golden.main(argv)
+    assert golden.is_current(GOLDEN[0], ROOT / "weights" / GOLDEN[0].name)
+    assert not golden.is_current(ROOT / "tests" / "golden" / "none.h5", ROOT / "weights" / GOLDEN[0].name)

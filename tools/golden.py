@@ -2,6 +2,9 @@
 iteration, the inputs (image, box, pyramid levels, initial shape, patch centres, patches) and every named
 intermediate and output to a small HDF5 file, for porters and for tests/test_golden.py.
 
+    python tools/golden.py --all              every shipped model: weights/NAME.h5 -> tests/golden/NAME.h5
+                                              (a golden file still matching its weights is kept; --force
+                                              rewrites it)
     python tools/golden.py --weights weights/musica19.h5 --out tests/golden/musica19.h5
 
 Format "musica-ref-golden" version 1:
@@ -67,15 +70,42 @@ def min_margin(res) -> float:
     return float(np.min(np.abs(c - np.round(c))))
 
 
+def is_current(golden: Path, weights: Path) -> bool:
+    """True if `golden` exists and was written from these weights (its weights_sha256 matches)."""
+    if not golden.is_file():
+        return False
+    import h5py
+    with h5py.File(golden, "r") as f:
+        return f.attrs.get("weights_sha256") == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", required=True)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--all", action="store_true", help="every weights/*.h5 -> tests/golden/*.h5")
+    ap.add_argument("--force", action="store_true", help="with --all: rewrite golden files that are current")
+    ap.add_argument("--weights")
+    ap.add_argument("--out")
     ap.add_argument("--image", default=str(ROOT / "examples" / "face.png"),
                     help="a synthetic or public-domain image (never one of ../shared/data)")
     ap.add_argument("--boxes", default=";".join(",".join(map(str, b)) for b in DEFAULT_BOXES),
                     help="x0,y0,x1,y1;x0,y0,x1,y1;...")
     a = ap.parse_args(argv)
+    if a.all == bool(a.weights or a.out) or (not a.all and not (a.weights and a.out)):
+        ap.error("give --all, or --weights and --out")
+    if a.all:
+        for w in sorted((ROOT / "weights").glob("*.h5")):
+            out = ROOT / "tests" / "golden" / w.name
+            if is_current(out, w) and not a.force:
+                print(f"{out.relative_to(ROOT)} is current for {w.name}: kept")
+                continue
+            write(w, out, a.image, a.boxes)
+    else:
+        write(Path(a.weights), Path(a.out), a.image, a.boxes)
+
+
+def write(weights_path: Path, out: Path, image_path, boxes_text):
+    """The golden file of one weights file."""
+    a = argparse.Namespace(weights=str(weights_path), out=str(out), image=image_path, boxes=boxes_text)
     weights = m.load_weights(a.weights)
     net = from_weights(weights, torch.float64)
     image = m.load_image(a.image)

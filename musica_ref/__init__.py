@@ -23,9 +23,18 @@ from .weights import FORMAT_NAME, FORMAT_VERSION, Weights, load_weights, random_
 __version__ = "0.1.0"
 
 __all__ = [
-    "MuSiCa", "Result", "MODELS", "DEFAULT_MODEL", "detect_faces", "Face", "DetectorUnavailable", "Weights", "Variant", "VARIANTS", "get_variant", "custom_variant",
-    "load_weights", "save_weights", "random_weights", "FORMAT_NAME", "FORMAT_VERSION",
+    # running the model
+    "MuSiCa", "Result", "MODELS", "DEFAULT_MODEL", "detect_faces", "Face",
+    # images and point files
     "load_image", "as_rgb", "read_pts", "write_pts",
+    # weights files and variants
+    "Weights", "load_weights", "save_weights", "random_weights", "FORMAT_NAME", "FORMAT_VERSION",
+    "Variant", "VARIANTS", "get_variant", "custom_variant",
+    # operation counts
     "iteration_macs", "total_macs", "total_parameters",
-    "MusicaError", "InputError", "WeightsError",
+    # errors: every problem with an input is an InputError, with a weights file a WeightsError; both are
+    # MusicaError, as is DetectorUnavailable (the detect extra is missing)
+    "MusicaError", "InputError", "WeightsError", "DetectorUnavailable",
 ]
+# Everything else (musica_ref.kernels, network, pyramid, geometry, ...) is internal: documented for porters
+# and contributors (docs/engine.md, docs/porting.md), not a stable interface.

@@ -262,9 +262,8 @@ class MuSiCa:
             d[active] += out[:, :2 * N].reshape(-1, N, 2)
             still = []
             for row, f in enumerate(active):
-                for k, v in step.items():           # every face did the same work in this iteration
-                    assert v % len(active) == 0
-                    counters[f][k] += v // len(active)
+                for k, v in step.items():           # every face did the same work in this iteration (v is a
+                    counters[f][k] += v // len(active)  # multiple of the faces running)
                 e = float(out[row, 2 * N])
                 errors[f].append(e)
                 frame = frames[f]

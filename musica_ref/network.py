@@ -70,7 +70,9 @@ def iteration_forward(patches, h_prev, w, counter: Counter | None = None, keep: 
     Returns (out (B, 2N+1), hidden (B, 512), intermediates dict or None).
     """
     B = h_prev.shape[0]
-    assert patches.shape[1:] == (PATCH_SIZE, PATCH_SIZE, IN_CHANNELS) and patches.shape[0] % B == 0
+    if patches.shape[1:] != (PATCH_SIZE, PATCH_SIZE, IN_CHANNELS) or B == 0 or patches.shape[0] % B != 0:
+        raise ValueError(f"iteration_forward: patches {patches.shape} are not (B * P, {PATCH_SIZE}, "
+                         f"{PATCH_SIZE}, {IN_CHANNELS}) for B = {B} faces")
     inter = None
     if keep:    # layer by layer, every intermediate kept
         conv1 = kernels.conv3x3(patches, w["conv1/weight"], w["conv1/bias"], True)    # (BP, 12, 12, 32)

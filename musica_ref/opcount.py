@@ -17,6 +17,7 @@ below the paper for 68/68 (9.06 vs 9.10), and its 98/49 entry (5.94) is the coun
 """
 from __future__ import annotations
 
+from .errors import InputError
 from .network import CONV_FILTERS, FEATURES, HIDDEN, IN_CHANNELS
 from .geometry import PATCH_SIZE
 from .weights import N_ITERATIONS
@@ -54,7 +55,7 @@ def total_macs(n_landmarks: int, n_patches: int, iterations: int = N_ITERATIONS,
     elif convention == "paper":
         per_it = sum(v for k, v in m.items() if k != "recurrent_hidden")
     else:
-        raise ValueError(f"unknown convention {convention!r}: use 'full' or 'paper'")
+        raise InputError(f"unknown convention {convention!r}: use 'full' or 'paper'")
     return per_it * iterations
 
 

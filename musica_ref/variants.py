@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import InputError
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -33,19 +35,19 @@ def get_variant(name: str) -> Variant:
     try:
         return VARIANTS[name]
     except KeyError:
-        raise ValueError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}") from None
+        raise InputError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}") from None
 
 
 def custom_variant(n_landmarks: int, patch_indices=None, name: str | None = None) -> Variant:
     """A variant of N landmarks with patches at `patch_indices` (default: every landmark)."""
     idx = tuple(range(n_landmarks)) if patch_indices is None else tuple(int(i) for i in patch_indices)
     if n_landmarks < 1:
-        raise ValueError(f"a variant needs at least one landmark, got N = {n_landmarks}")
+        raise InputError(f"a variant needs at least one landmark, got N = {n_landmarks}")
     if not idx:
-        raise ValueError("a variant needs at least one patch")
+        raise InputError("a variant needs at least one patch")
     bad = [i for i in idx if not 0 <= i < n_landmarks]
     if bad:
-        raise ValueError(f"patch indices {bad} are outside 0..{n_landmarks - 1}")
+        raise InputError(f"patch indices {bad} are outside 0..{n_landmarks - 1}")
     if len(set(idx)) != len(idx):
-        raise ValueError("patch indices must not repeat")
+        raise InputError("patch indices must not repeat")
     return Variant(name or f"musica{n_landmarks}x{len(idx)}", n_landmarks, idx)

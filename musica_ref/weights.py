@@ -151,13 +151,13 @@ def save_weights(path, w: Weights, dtype=np.float32) -> None:
     import h5py
     dtype = np.dtype(dtype)
     if dtype not in (np.float16, np.float32):
-        raise ValueError(f"weights are stored as float32 or float16, not {dtype}")
+        raise WeightsError(f"weights are stored as float32 or float16, not {dtype}")
     w = check_weights(w)
     if dtype == np.float16:
         for i, it in enumerate(w.iterations):
             for name, a in it.items():
                 if np.any(np.abs(a) > FLOAT16_MAX):
-                    raise ValueError(f"iteration_{i}/{name} does not fit float16 (|value| > 65504)")
+                    raise WeightsError(f"iteration_{i}/{name} does not fit float16 (|value| > 65504)")
     with h5py.File(path, "w") as f:
         f.attrs["format"] = FORMAT_NAME
         f.attrs["format_version"] = FORMAT_VERSION

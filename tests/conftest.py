@@ -8,7 +8,11 @@ import pytest
 from PIL import Image
 from hypothesis import HealthCheck, settings
 
-import musica_ref as m
+from tools.numba_cache import use_keyed_cache
+
+use_keyed_cache()                       # before musica_ref: compiled kernels never outlive a source change
+
+import musica_ref as m  # noqa: E402
 
 settings.register_profile("ci", deadline=None, max_examples=25, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])

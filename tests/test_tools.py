@@ -113,3 +113,18 @@ def test_peak_memory_runs_end_to_end(capsys):
     assert "700 x 700 png, --box, --overlay" in out and "machine:" in out
     with pytest.raises(SystemExit):
         peak_memory.main(["--size", "700", "--face", "100"])
+
+
+def test_the_test_cache_is_keyed_by_the_kernel_sources(tmp_path, monkeypatch):
+    from tools import numba_cache
+    (tmp_path / "musica_ref" / "kernels").mkdir(parents=True)
+    (tmp_path / "musica_ref" / "kernels.py").write_text("a = 1\n")
+    (tmp_path / "musica_ref" / "model.py").write_text("b = 1\n")
+    monkeypatch.setattr(numba_cache, "ROOT", tmp_path)
+    first = numba_cache.keyed_cache_dir()
+    (tmp_path / "musica_ref" / "model.py").write_text("b = 2\n")               # not a kernel source
+    assert numba_cache.keyed_cache_dir() == first
+    (tmp_path / "musica_ref" / "kernels" / "fc.py").write_text("c = 1\n")       # a kernel in another module
+    assert numba_cache.keyed_cache_dir() != first
+    import os
+    assert os.environ["NUMBA_CACHE_DIR"]                                        # set by tests/conftest.py

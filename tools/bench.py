@@ -37,6 +37,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tools.numba_cache import use_keyed_cache  # noqa: E402
+
+use_keyed_cache()                   # before numba and musica_ref: never a stale compiled kernel
 # Numba's and PyTorch's OpenMP pools share this process: with spinning waits each starves the other
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

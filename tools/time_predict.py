@@ -18,6 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tools.numba_cache import use_keyed_cache  # noqa: E402
+
+use_keyed_cache()                   # before numba and musica_ref: never a stale compiled kernel
 EXAMPLE = ROOT / "examples" / "face.png"
 from tools.make_example import FACE_BOX as BOX  # noqa: E402
 

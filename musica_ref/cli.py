@@ -1,4 +1,4 @@
-"""The `musica-ref` command line: predict, count, info, random-weights."""
+"""The `musica-ref` command line: predict, evaluate, count, info, warmup, random-weights."""
 from __future__ import annotations
 
 import argparse
@@ -358,6 +358,38 @@ def cmd_random_weights(a) -> int:
     return 0
 
 
+def cmd_evaluate(a) -> int:
+    from .data import FaceSet
+    from .evaluate import evaluate
+    from .model import MuSiCa
+    from .models import resolve_model
+    weights = resolve_model(a.model)
+    outputs = [o for o in (a.csv, a.ced) if o]
+    for out in outputs:
+        if any(_same_file(out, p) for p in (a.data, weights)):
+            raise InputError(f"refusing to overwrite an input file with the output {out!r}")
+        _check_writable(out)
+    if a.csv and a.ced and _same_file(a.csv, a.ced):
+        raise InputError("--csv and --ced name the same file")
+    if a.batch < 1:
+        raise InputError(f"--batch must be at least 1, got {a.batch}")
+    tf = _threshold(a.tf, "tf")
+    ts = _threshold(a.ts, "ts") or 0.0
+    model = MuSiCa.load(weights, recurrent="int8" if a.int8 else "stored")
+    faces = FaceSet(a.data, a.limit)
+    ev = evaluate(model, faces, ts=ts, tf=tf, batch=a.batch, progress=sys.stderr.isatty())
+    print(f"{model.weights.variant.name} ({weights}{', int8 recurrent' if a.int8 else ''}) on {a.data}: "
+          f"{len(faces)} faces, ts {ts:g}, tf {model.default_tf if tf is None else tf:g}")
+    print("\n".join(ev.lines()))
+    if a.csv:
+        _atomic_write(a.csv, ev.write_csv)
+        print(f"wrote {a.csv}", file=sys.stderr)
+    if a.ced:
+        _atomic_write(a.ced, ev.write_ced)
+        print(f"wrote {a.ced}", file=sys.stderr)
+    return 0
+
+
 def cmd_warmup(a) -> int:
     from .warmup import compile_all
     seconds = compile_all(progress=lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -393,6 +425,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-pixels", type=int, help="refuse images with more pixels than this (default: Pillow's "
                    "limit, about 89 million)")
     q.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="accuracy of a model on an annotated face set",
+                       description="Run a model on every face of an annotated set from the set's own face box and "
+                       "print NME_box, NME_io, NME_ip, the failure rate (NME_io > 10%%), the CED area and, when "
+                       "the set has poses, NME_box by |yaw|.")
+    e.add_argument("model", help=f"a model by name ({', '.join(MODELS)}) or a weights file")
+    e.add_argument("data", help="an HDF5 face set (jpeg, landmarks, visible, box) or a folder of images with .pts "
+                   "files beside them")
+    e.add_argument("--csv", help="per-face results (NMEs, iterations, multiply-adds, estimate, failed) to this CSV")
+    e.add_argument("--ced", help="the cumulative error distributions (NME_box, NME_io) to this CSV")
+    e.add_argument("--ts", help="early exit threshold (fraction or percentage); default 0: every iteration")
+    e.add_argument("--tf", help="failure threshold (fraction or percentage); default: the model's own")
+    e.add_argument("--limit", type=int, help="the first N faces only")
+    e.add_argument("--batch", type=int, default=32, help="faces per call (default 32)")
+    e.add_argument("--int8", action="store_true", help="recurrent layers as int8")
+    e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("count", help="multiply-adds and parameters: paper Table 1 and a per-layer breakdown")
     c.add_argument("--variant", help="musica68 (default), musica34, musica19, musica98, musica49")

@@ -1,6 +1,7 @@
 """NumPy twins of the Numba kernels: the readable specification of every operation.
 
-Each function here has a namesake in `kernels.py` that computes the same thing with explicit loops in Numba.
+Each public kernel of the `kernels` package has its twin here (TWINS, at the end, names them; a test walks it),
+computing the same thing plainly.
 These twins are written for clarity, not speed, work in whatever float dtype they are given (the reference
 cascade runs them in float64), and are checked against scipy in the tests so that a twin and its kernel
 cannot share a mistake.
@@ -72,6 +73,33 @@ def resample(image, origin, step: float, out_shape) -> np.ndarray:
     img = np.asarray(image, dtype=np.float64)
     rows = np.tensordot(wy, img, axes=(1, 0))                        # (h, W, C): resample the rows
     return np.tensordot(rows, wx, axes=(1, 1)).transpose(0, 2, 1)    # (h, w, C): then the columns
+
+
+def resample_span(origin, step: float, n_out: int, size: int):
+    """(first, last): the source pixels, inclusive and within [0, size), that outputs 0 .. n_out - 1 of one
+    axis take taps from (first > last if none), read off resample_weights's taps."""
+    b = antialias_width(step)
+    radius = 1.0 + b / 2
+    x = origin + step * np.arange(n_out)
+    first = int(np.floor(x[0] - radius))
+    last = int(np.floor(x[-1] - radius)) + int(np.ceil(2 * radius)) + 2 - 1
+    return max(0, first), min(size - 1, last)
+
+
+# --- normalisation (docs/model.md §4.4) -----------------------------------------------------------------------
+
+def mean_std(x):
+    """The mean and population standard deviation (divisor n) of all values of x, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return float(x.mean()), float(x.std())
+
+
+def normalise_pyramid(level0, level1, level2):
+    """The three levels normalised by level 0's mean and population deviation (a deviation of 0 becomes 1):
+    (x - mean) / deviation, as new arrays."""
+    mean, std = mean_std(level0)
+    std = std if std > 0 else 1.0
+    return tuple((np.asarray(lv, dtype=np.float64) - mean) / std for lv in (level0, level1, level2))
 
 
 # --- patches ------------------------------------------------------------------------------------------------
@@ -153,3 +181,50 @@ def tanh(x) -> np.ndarray:
 def gate(features, attention) -> np.ndarray:
     """features * attention, elementwise. Both (B, F) -> (B, F)."""
     return features * attention
+
+
+# --- the feature extractor of one patch, and the arithmetic's primitives ----------------------------------------
+
+def patch_features(patches, w1, b1, w2, b2, wa, ba) -> np.ndarray:
+    """The feature extractor and its gate on patches (B, 14, 14, C) with the weights as the file stores them
+    -> (B, 8 C2): conv1 + ReLU, pool, conv2 + ReLU, pool, crop and concat, attention, gate."""
+    conv1 = conv3x3(patches, w1, b1, relu=True)
+    conv2 = conv3x3(maxpool2x2(conv1), w2, b2, relu=True)
+    features = crop_concat(conv2, maxpool2x2(conv2))
+    return gate(features, sigmoid(fully_connected(features, wa, ba)))
+
+
+def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba) -> np.ndarray:
+    """patch_features of the 14 x 14 patches at corners (P, 2) (col, row) of one level (H, W, C) -> (P, 8 C2)."""
+    return patch_features(extract_patches(level, corners, 14), w1, b1, w2, b2, wa, ba)
+
+
+def madd(acc, x, w) -> np.float32:
+    """acc + x * w rounded once to float32 (IEEE 754 fusedMultiplyAdd), from the exact rational result; ties
+    to even. acc, x, w float32."""
+    from fractions import Fraction
+    exact = Fraction(float(acc)) + Fraction(float(x)) * Fraction(float(w))
+    near = np.float32(float(exact))                      # within one float32 step of the exact value
+    candidates = [np.nextafter(near, np.float32(-np.inf)), near, np.nextafter(near, np.float32(np.inf))]
+    finite = [c for c in candidates if np.isfinite(c)]
+    best = min(finite, key=lambda c: (abs(Fraction(float(c)) - exact), int(np.array(c).view(np.uint32)) & 1))
+    return np.float32(best)
+
+
+def widen(bits) -> np.ndarray:
+    """IEEE 754 binary16 values given by their bit patterns (uint16) -> float32, exactly."""
+    return np.asarray(bits, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+# every public kernel (kernels.__all__) -> its twin here; several kernels share one (resample_into and
+# resample_many compute resample; normalise_pyramids and levels_patch_features do many faces of one twin)
+TWINS = {
+    "madd": madd, "widen": widen,
+    "resample": resample, "resample_into": resample, "resample_many": resample, "resample_span": resample_span,
+    "mean_std": mean_std, "normalise_pyramid": normalise_pyramid, "normalise_pyramids": normalise_pyramid,
+    "extract_patches": extract_patches, "conv3x3": conv3x3, "maxpool2x2": maxpool2x2, "crop_concat": crop_concat,
+    "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "gate": gate,
+    "fully_connected": fully_connected, "fully_connected_scaled": fully_connected_scaled,
+    "patch_features": patch_features, "level_patch_features": level_patch_features,
+    "levels_patch_features": level_patch_features,
+}

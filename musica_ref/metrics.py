@@ -73,3 +73,30 @@ def yaw_bin(yaw_deg) -> np.ndarray:
     for k, (lo, hi) in enumerate(YAW_BINS):
         out[(a >= lo) & (a < hi)] = k
     return out
+
+
+# --- the normaliser of the error estimate and of the training loss ----------------------------------------------
+
+# where an outer eye corner has no location, its distance is taken as this fraction of sqrt(w*h) of the
+# ground truth's tight box (the median ratio on the training faces with both corners: 0.62); every
+# normaliser is at least ERROR_NORM_FLOOR of it, so near-profile faces (corners projected close together) do not
+# dominate the loss
+EYE_TO_BOX = 0.62
+ERROR_NORM_FLOOR = 0.25
+
+
+def error_normaliser(points, visible) -> float:
+    """The normaliser of one face's error for the error estimate E and the training loss (docs/model.md §7), in
+    the points' units: NME_io's outer-eye-corner distance where both corners have a location, else
+    EYE_TO_BOX * sqrt(w h) of the points' tight box; never under ERROR_NORM_FLOOR * sqrt(w h). Unlike
+    normalisers()["io"] it is defined for every face. points (N, 2), visible (N,)."""
+    vis = np.asarray(visible, bool)
+    points = np.asarray(points, np.float64)
+    tb = tight_box(points[vis])
+    size = math.sqrt(max(tb[2] - tb[0], 1e-6) * max(tb[3] - tb[1], 1e-6))
+    eyes = eye_corners(len(points))
+    if eyes is not None and vis[eyes[0]] and vis[eyes[1]]:
+        d = float(np.linalg.norm(points[eyes[0]] - points[eyes[1]]))
+    else:
+        d = EYE_TO_BOX * size
+    return max(d, ERROR_NORM_FLOOR * size)

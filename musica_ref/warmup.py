@@ -16,7 +16,7 @@ def _dispatchers():
     from numba.core.registry import CPUDispatcher
 
     from . import kernels
-    return [f for f in vars(kernels).values() if isinstance(f, CPUDispatcher)]
+    return [f for mod in kernels.MODULES for f in vars(mod).values() if isinstance(f, CPUDispatcher)]
 
 
 def cache_is_cold() -> bool:

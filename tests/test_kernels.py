@@ -633,3 +633,128 @@ def test_mean_std_matches_numpy(seed, n, offset):
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(mean, x64.mean(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(std, x64.std(), rtol=1e-9, atol=1e-12 * max(1.0, abs(offset)))
+
+
+# --- every public kernel against its twin (kernels_ref.TWINS) ---------------------------------------------------
+#
+# One case per kernel: (got, want, bound) from a seeded generator, given the twin. A kernel added to
+# kernels.__all__ without a twin in kernels_ref.TWINS and a case here fails test_every_kernel_has_its_twin.
+
+def _conv_bound(x, w, b, t):
+    return 9 * x.shape[3] * EPS32 * t.conv3x3(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64),
+                                             np.abs(b), relu=False) + 1e-30
+
+
+def _fc_bound(x, w, b):
+    return (x.shape[1] + 1) * EPS32 * (np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64) + np.abs(b)) + 1e-30
+
+
+def _features_case(rng, t, C=4):
+    w1, w2 = rnd(rng, (3, 3, 3, C)), rnd(rng, (3, 3, C, C))
+    b1, b2 = rnd(rng, (C,)), rnd(rng, (C,))
+    wa, ba = rnd(rng, (8 * C, 8 * C), 0.1), rnd(rng, (8 * C,))
+    return (w1, b1, w2, b2, wa, ba), 1e-4          # float32 through five layers against float64: relative
+
+
+def _resample_case(rng, t, kernel):
+    img = rng.uniform(0, 255, (17, 23, 3)).astype(np.float32)
+    ox, oy, step, h, w = float(rng.uniform(-5, 10)), float(rng.uniform(-5, 8)), float(rng.uniform(0.4, 3)), 9, 11
+    want = t(img.astype(np.float64), (ox, oy), step, (h, w))
+    if kernel == "resample":
+        got = K.resample(img, ox, oy, step, h, w)
+    elif kernel == "resample_into":
+        got = np.empty((h, w, 3), np.float32)
+        K.resample_into(img, ox, oy, step, got)
+    else:
+        data = np.empty(h * w * 3, np.float32)
+        K.resample_many(img, np.array([0, 0, 17, 23]), np.array([ox]), np.array([oy]), np.array([step]), data,
+                        np.array([0]), np.array([[h, w]]))
+        got = data.reshape(h, w, 3)
+    return got, want, 1e-4 * 255
+
+
+def _case(name, rng, t):
+    if name == "madd":
+        acc, x, w = (rnd(rng, 50, 10.0, 0.0) for _ in range(3))
+        return (np.array([K.madd(a, b, c) for a, b, c in zip(acc, x, w)]),
+                np.array([t(a, b, c) for a, b, c in zip(acc, x, w)]), 0.0)
+    if name == "widen":
+        bits = rng.integers(0, 2**16, 500).astype(np.uint16)
+        bits = bits[np.isfinite(bits.view(np.float16))]
+        got = np.empty(bits.size, np.float32)
+        _widen_all(bits, got, False)
+        return got, t(bits), 0.0
+    if name.startswith("resample") and name != "resample_span":
+        return _resample_case(rng, t, name)
+    if name == "resample_span":
+        args = [(float(rng.uniform(-30, 30)), float(rng.uniform(0.2, 9)), int(rng.integers(1, 30)), 40)
+                for _ in range(20)]
+        return (np.array([K.resample_span(*a) for a in args]), np.array([t(*a) for a in args]), 0.0)
+    if name == "mean_std":
+        x = rnd(rng, 1000, 5.0) + np.float32(3)
+        return np.array(K.mean_std(x)), np.array(t(x)), 1e-9
+    if name.startswith("normalise_pyramid"):
+        levels = [rnd(rng, n, 5.0) + np.float32(7) for n in (300, 75, 19)]
+        want = np.concatenate(t(*levels))
+        if name == "normalise_pyramid":
+            K.normalise_pyramid(*levels)
+            return np.concatenate(levels), want, 1e-5
+        data = np.concatenate(levels)
+        K.normalise_pyramids(data, np.array([[0, 300, 375]]), np.array([[300, 75, 19]]))
+        return data, want, 1e-5
+    if name == "extract_patches":
+        level, corners = rnd(rng, (20, 25, 3)), rng.integers(-8, 24, (6, 2))
+        return K.extract_patches(level, corners, 14), t(level, corners, 14), 0.0
+    if name == "conv3x3":
+        x, w, b = rnd(rng, (2, 9, 8, 3)), rnd(rng, (3, 3, 3, 5)), rnd(rng, (5,))
+        return K.conv3x3(x, w, b, True), t(x.astype(np.float64), w, b, True), _conv_bound(x, w, b, R)
+    if name == "maxpool2x2":
+        x = rnd(rng, (2, 8, 6, 4))
+        return K.maxpool2x2(x), t(x), 0.0
+    if name == "crop_concat":
+        c2, p2 = rnd(rng, (3, 4, 4, 5)), rnd(rng, (3, 2, 2, 5))
+        return K.crop_concat(c2, p2), t(c2, p2), 0.0
+    if name in ("relu", "sigmoid", "tanh"):
+        x = rnd(rng, 300, 4.0)
+        return getattr(K, name)(x), t(x.astype(np.float64)), 0.0 if name == "relu" else 4 * EPS32
+    if name == "gate":
+        f, a = rnd(rng, (4, 16)), rnd(rng, (4, 16))
+        return K.gate(f, a), t(f.astype(np.float64), a), EPS32 * np.abs(f * a)
+    if name == "fully_connected":
+        x, w, b = rnd(rng, (5, 300)), rnd(rng, (300, 20)), rnd(rng, (20,))
+        return K.fully_connected(x, w, b), t(x.astype(np.float64), w, b), _fc_bound(x, w, b)
+    if name == "fully_connected_scaled":
+        x, q = rnd(rng, (5, 300)), rng.integers(-127, 128, (300, 20)).astype(np.int8)
+        s, b = np.abs(rnd(rng, (20,), 0.01, 0.0)) + np.float32(1e-3), rnd(rng, (20,))
+        got = K.fully_connected_scaled(x, q, s, b)
+        return got, t(x.astype(np.float64), q, s, b), _fc_bound(x, q.astype(np.float32) * s, b)
+    if name in ("patch_features", "level_patch_features", "levels_patch_features"):
+        w, rel = _features_case(rng, t)
+        if name == "patch_features":
+            p = rnd(rng, (5, 14, 14, 3))
+            got, want = K.patch_features(p, *K.feature_weights(*w)), t(p.astype(np.float64), *w)
+        else:
+            level, corners = rnd(rng, (24, 30, 3)), rng.integers(-6, 24, (7, 2))
+            want = t(level.astype(np.float64), corners, *w)
+            got = np.empty((7, 32), np.float32)
+            if name == "level_patch_features":
+                K.level_patch_features(level, corners, *K.feature_weights(*w), got)
+            else:
+                K.levels_patch_features(level.reshape(-1), np.array([0]), np.array([[24, 30, 3]]), corners[None],
+                                        *K.feature_weights(*w), got)
+        return got, want, rel * max(1.0, float(np.abs(want).max()))
+    raise KeyError(name)
+
+
+def test_every_twin_is_a_kernel():
+    assert set(R.TWINS) == set(K.__all__)
+
+
+@pytest.mark.parametrize("name", K.__all__)
+def test_every_kernel_has_its_twin(name):
+    assert name in R.TWINS, f"kernels.{name} has no twin in kernels_ref.TWINS"
+    for seed in range(3):
+        got, want, bound = _case(name, np.random.default_rng(seed), R.TWINS[name])
+        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+        assert got.shape == want.shape, (name, got.shape, want.shape)
+        assert_within(got, want, bound, f"{name} (seed {seed})")

@@ -12,6 +12,7 @@ from conftest import synthetic_folder
 
 
 def test_evaluate_and_analyses_on_a_synthetic_set(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason='the figures need the plots extra: pip install ".[plots]"')
     (tmp_path / "faces").mkdir()
     folder = synthetic_folder(tmp_path / "faces", n=12)
     w = tmp_path / "w.h5"

@@ -24,7 +24,7 @@ checked on the fully located faces that are turned most, with their far-side jaw
 against the mean shape fitted to the remaining points by a similarity transform.
 
 NME here is NME_box unless a flag says otherwise; the error estimate's own target is the eye-corner NME
-(with the trainer's fallback for faces without both corners, tools/trainer/data.normaliser).
+(with the fallback for faces without both corners, musica_ref.metrics.error_normaliser).
 """
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 import musica_ref as m                                          # noqa: E402
 from musica_ref import geometry, metrics, opcount               # noqa: E402
-from tools.plot import line_chart                               # noqa: E402
-from tools.trainer.data import FaceSet, normaliser              # noqa: E402
+from tools.plot import line_chart, patch_map                    # noqa: E402
+from musica_ref.data import FaceSet                             # noqa: E402
+from musica_ref.metrics import error_normaliser as normaliser   # noqa: E402
 
 
 def full_runs(model, faces, batch=32):
@@ -137,7 +138,6 @@ def cmd_early_exit(a, faces, out):
 
 
 def cmd_attention(a, faces, out):
-    from PIL import Image, ImageDraw
     model = m.MuSiCa.load(a.weights[0])
     v = model.weights.variant
     acc = np.zeros((3, v.n_patches))
@@ -149,23 +149,11 @@ def cmd_attention(a, faces, out):
     print(file=sys.stderr)
     acc /= len(faces)
     pos = model.mean_shape[model.patch_indices]
-    panel, pad = 300, 20
-    im = Image.new("RGB", (3 * panel, panel + 30), "white")
-    d = ImageDraw.Draw(im)
-    lo, hi = acc.min(), acc.max()
     lines = [f"average attention weight per patch, {v.name}, {len(faces)} faces of {Path(a.data).name}",
              "patch landmark  " + "  ".join(f"it{i}" for i in range(3))]
-    for it in range(3):
-        ox = it * panel
-        d.text((ox + 10, 5), f"iteration {it} (level {geometry.ITERATION_LEVELS[it]})", fill="black")
-        for p, (x, y) in enumerate(pos):
-            t = (acc[it, p] - lo) / (hi - lo + 1e-12)
-            r = 3 + 7 * t
-            cx, cy = ox + pad + x / geometry.BB_SIZE * (panel - 2 * pad), 25 + pad + y / geometry.BB_SIZE * (panel - 2 * pad)
-            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(int(255 * t), 60, int(255 * (1 - t))))
-    d.text((10, panel + 12), f"colour and size: mean attention {lo:.3f} (blue, small) .. {hi:.3f} (red, large)",
-           fill="black")
-    im.save(out / f"fig6-{v.name}.png")
+    patch_map(out / f"fig6-{v.name}.png", pos, acc,
+              [f"iteration {it} (level {geometry.ITERATION_LEVELS[it]})" for it in range(3)],
+              "mean attention weight", geometry.BB_SIZE)
     for p, lm in enumerate(model.patch_indices):
         lines.append(f"{p:>5} {lm:>8}  " + "  ".join(f"{acc[it, p]:.3f}" for it in range(3)))
     (out / f"attention-{v.name}.txt").write_text("\n".join(lines))
@@ -210,11 +198,11 @@ def nose_position(landmarks) -> np.ndarray:
 
 
 def cmd_regions(a, faces, out):
-    from tools.evaluate import predict_all
+    from musica_ref.evaluate import evaluate
     if faces.pose is None or faces.n_landmarks != 68:
         raise SystemExit("regions needs a 68-point set with poses (pitch, yaw, roll), e.g. test_aflw2000.h5")
     model = m.MuSiCa.load(a.weights[0])
-    preds = predict_all(model, faces, "musica", 0.0, float("inf"), 32)[0]
+    preds = evaluate(model, faces, 0.0, float("inf"), 32, progress=True).predictions
     err = np.stack([metrics.point_errors(p, g, v) / metrics.normalisers(g, v)["box"]
                     for p, g, v in zip(preds, faces.landmarks, faces.visible)]) * 100      # (n, 68), % of box
     yaw = faces.pose[:, 1]

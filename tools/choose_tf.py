@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import musica_ref as m                                          # noqa: E402
 from musica_ref import metrics                                  # noqa: E402
-from tools.trainer.data import FaceSet                          # noqa: E402
+from musica_ref.data import FaceSet                             # noqa: E402
 
 
 def last_errors(model, images, boxes, batch=32) -> np.ndarray:

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 import musica_ref as m                                          # noqa: E402
 from musica_ref import metrics                                  # noqa: E402
-from tools.evaluate import nanmean, summarise                            # noqa: E402
-from tools.trainer.data import FaceSet                          # noqa: E402
+from musica_ref.evaluate import face_nmes, nanmean             # noqa: E402
+from musica_ref.data import FaceSet                             # noqa: E402
 
 
 def dlib_model():
@@ -109,12 +109,12 @@ def main(argv=None):
         head += f" {'[0,30)':>7} {'[30,60)':>7} {'[60,90]':>7} {'3DDFA bal.':>10}"
     print(head + f" {'ms/face':>8}")
     for name, preds, t in systems:
-        n = summarise(faces, preds)
+        n = face_nmes(preds, faces.landmarks, faces.visible)
         line = f"{name:<28} {nanmean(n['box']) * 100:>9.3f} {nanmean(n['io']) * 100:>8.3f}"
         if bins is not None:
             line += "".join(f" {nanmean(n['box'][bins == k]) * 100:>7.3f}" for k in range(3))
             if "landmarks_3dmm" in faces.extra:
-                n3 = summarise(faces, preds, "landmarks_3dmm")["box"]
+                n3 = face_nmes(preds, faces.extra["landmarks_3dmm"], np.ones(faces.landmarks.shape[:2], bool))["box"]
                 line += f" {np.mean([nanmean(n3[bins == k]) for k in range(3)]) * 100:>10.3f}"
         print(line + f" {t * 1e3:>8.2f}")
     import platform

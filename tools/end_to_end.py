@@ -29,7 +29,7 @@ import musica_ref as m                                          # noqa: E402
 from musica_ref import metrics                                  # noqa: E402
 from tools.compare_dlib import dlib_model                       # noqa: E402
 from tools.evaluate_boxes import detector_boxes                 # noqa: E402
-from tools.trainer.data import FaceSet                          # noqa: E402
+from musica_ref.data import FaceSet                             # noqa: E402
 
 
 def main(argv=None):

@@ -12,11 +12,9 @@ Ts = 0 (every iteration) and Tf = inf.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,52 +24,17 @@ sys.path.insert(0, str(ROOT))
 
 import musica_ref as m                                          # noqa: E402
 from musica_ref import geometry, metrics                        # noqa: E402
-from tools.trainer.data import FaceSet                          # noqa: E402
+from musica_ref.data import FaceSet                             # noqa: E402
+from musica_ref.evaluate import Evaluation, evaluate, face_nmes, nanmean  # noqa: E402
 
 
-def predict_all(model, faces, method, ts, tf, batch, progress=True):
-    """Predictions (n, N, 2), iterations (n,), multiply-adds (n,), last error estimate (n,), seconds/face."""
+def mean_shape_evaluation(model, faces) -> Evaluation:
+    """The trivial baseline: the weights' mean shape placed in each face's box, no network."""
+    preds = np.stack([geometry.level_to_image(geometry.initial_shape(model.mean_shape, fr), fr, 0)
+                      for fr in (geometry.face_frame(b) for b in faces.boxes)])
     n = len(faces)
-    preds = np.zeros((n, faces.n_landmarks, 2))
-    its, macs, est = np.zeros(n, int), np.zeros(n, int), np.zeros(n)
-    t0 = time.perf_counter()
-    compute = 0.0
-    for k in range(0, n, batch):
-        sel = range(k, min(n, k + batch))
-        imgs = [faces.image(i) for i in sel]
-        boxes = [faces.boxes[i] for i in sel]
-        t = time.perf_counter()
-        if method == "mean-shape":
-            for i, box in zip(sel, boxes):
-                fr = geometry.face_frame(box)
-                preds[i] = geometry.level_to_image(geometry.initial_shape(model.mean_shape, fr), fr, 0)
-        else:
-            for i, r in zip(sel, model.predict_batch(imgs, boxes, ts=ts, tf=tf)):
-                preds[i], its[i], macs[i], est[i] = r.landmarks, r.iterations, r.multiply_adds, r.errors[-1]
-        compute += time.perf_counter() - t
-        if progress:
-            done = sel[-1] + 1
-            rate = done / (time.perf_counter() - t0)
-            bar = "#" * int(30 * done / n)
-            print(f"\r[{bar:<30}] {done}/{n} faces, {rate:.0f} faces/s, ETA {(n - done) / rate:.0f} s",
-                  end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
-    return preds, its, macs, est, compute / n
-
-
-def nanmean(x) -> float:
-    """Mean over the non-NaN entries; NaN (no warning) when there are none."""
-    x = np.asarray(x, np.float64)
-    x = x[~np.isnan(x)]
-    return float(x.mean()) if len(x) else float("nan")
-
-
-def summarise(faces, preds, gt_key="landmarks"):
-    gt = faces.landmarks if gt_key == "landmarks" else faces.extra[gt_key]
-    vis = faces.visible if gt_key == "landmarks" else np.ones(gt.shape[:2], bool)
-    per = [metrics.face_nme(p, g, v) for p, g, v in zip(preds, gt, vis)]
-    return {k: np.array([d[k] for d in per]) for k in ("box", "io", "ip")}
+    return Evaluation(faces, preds, face_nmes(preds, faces.landmarks, faces.visible), np.zeros(n, int),
+                      np.zeros(n, np.int64), np.full(n, np.nan), np.zeros(n, bool), 0.0)
 
 
 def main(argv=None):
@@ -89,44 +52,30 @@ def main(argv=None):
     a = ap.parse_args(argv)
     model = m.MuSiCa.load(a.weights, recurrent="int8" if a.int8 else "stored")
     faces = FaceSet(a.data, a.limit)
-    preds, its, macs, est, sec = predict_all(model, faces, a.method, a.ts, a.tf, a.batch)
-    nme = summarise(faces, preds)
-    name = f"{a.method} ({Path(a.weights).name}{', int8 recurrent' if a.int8 else ''})" if a.method == "musica" \
-        else "mean shape in the box"
-    print(f"{name} on {Path(a.data).name}: {len(faces)} faces; {platform.processor() or platform.machine()}")
-    print(f"  NME_box {nanmean(nme['box']) * 100:.3f}%   NME_io {nanmean(nme['io']) * 100:.3f}% "
-          f"({np.sum(~np.isnan(nme['io']))} faces with both eye corners)   NME_ip {nanmean(nme['ip']) * 100:.3f}% "
-          f"({np.sum(~np.isnan(nme['ip']))} faces)")
-    io = nme["io"][~np.isnan(nme["io"])]
-    print(f"  failure rate (NME_io > 10%) {nanmean(io > 0.10) * 100:.2f}%   CED area to 10%: NME_box "
-          f"{metrics.ced_auc(nme['box']):.4f}, NME_io {metrics.ced_auc(nme['io']):.4f}")
     if a.method == "musica":
-        print(f"  mean iterations {its.mean():.3f}, mean multiply-adds {macs.mean() / 1e6:.2f} M, "
-              f"{sec * 1e3:.1f} ms/face (batches of {a.batch})")
-    if faces.pose is not None:
+        ev = evaluate(model, faces, a.ts, a.tf, a.batch, progress=True)
+        name = f"musica ({Path(a.weights).name}{', int8 recurrent' if a.int8 else ''})"
+        lines = ev.lines()
+    else:
+        ev = mean_shape_evaluation(model, faces)
+        name = "mean shape in the box"
+        lines = [ln for ln in ev.lines() if "mean iterations" not in ln]
+    print(f"{name} on {Path(a.data).name}: {len(faces)} faces; {platform.processor() or platform.machine()}")
+    print("\n".join(lines))
+    if faces.pose is not None and "landmarks_3dmm" in faces.extra:
         bins = metrics.yaw_bin(faces.pose[:, 1])
-        parts = [f"[{lo:.0f},{min(hi, 90):.0f}{')' if hi < 90 else ']'} {nanmean(nme['box'][bins == k]) * 100:.3f}% (n={np.sum(bins == k)})"
-                 for k, (lo, hi) in enumerate(metrics.YAW_BINS)]
-        print("  NME_box by |yaw|: " + ", ".join(parts))
-        if "landmarks_3dmm" in faces.extra:
-            n3 = summarise(faces, preds, "landmarks_3dmm")["box"]
-            means = [nanmean(n3[bins == k]) for k in range(3)]
-            print(f"  3DDFA protocol (3DMM ground truth, own-box NME): " +
-                  ", ".join(f"{x * 100:.3f}%" for x in means) + f", balanced mean {np.mean(means) * 100:.3f}%")
+        n3 = face_nmes(ev.predictions, faces.extra["landmarks_3dmm"], np.ones(faces.landmarks.shape[:2], bool))["box"]
+        means = [nanmean(n3[bins == k]) for k in range(3)]
+        print("  3DDFA protocol (3DMM ground truth, own-box NME): " +
+              ", ".join(f"{x * 100:.3f}%" for x in means) + f", balanced mean {np.mean(means) * 100:.3f}%")
     if a.csv:
-        with open(a.csv, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["index", "nme_box", "nme_io", "nme_ip", "iterations", "multiply_adds", "estimate"]
-                       + (["yaw"] if faces.pose is not None else []))
-            for i in range(len(faces)):
-                w.writerow([i, f"{nme['box'][i]:.6f}", f"{nme['io'][i]:.6f}", f"{nme['ip'][i]:.6f}", its[i],
-                            macs[i], f"{est[i]:.6f}"] + ([f"{faces.pose[i, 1]:.2f}"] if faces.pose is not None else []))
+        ev.write_csv(a.csv)
     if a.ced:
         from tools.plot import line_chart
         series = []
         for k in ("box", "io"):
-            t, c = metrics.ced_curve(nme[k])
-            series.append((f"NME_{k} (area {metrics.ced_auc(nme[k]):.3f})", t * 100, c))
+            t, c = metrics.ced_curve(ev.nme[k])
+            series.append((f"NME_{k} (area {metrics.ced_auc(ev.nme[k]):.3f})", t * 100, c))
         line_chart(a.ced, series, title=f"CED: {name}, {Path(a.data).name}", xlabel="NME (%)",
                    ylabel="fraction of faces", ylim=(0, 1))
 

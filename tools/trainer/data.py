@@ -1,21 +1,22 @@
 """Training data: face sets, augmentation (paper 3.3), Generalized Data Balancing (paper 3.4) and the
 preparation of model inputs with musica_ref's own geometry (so training and inference cannot drift apart).
 
-Sources: an HDF5 set with the ../shared/data layout (jpeg, landmarks, visible, box) or a 300W-style folder
-(images with a `.pts` file of the same stem; the box is the tight box of the points).
+Face sets are musica_ref.data.FaceSet (an HDF5 set with the ../shared/data layout, or a 300W-style folder),
+the error normaliser musica_ref.metrics.error_normaliser, so that evaluation and training read the same data
+the same way.
 """
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import numpy as np
 import scipy.ndimage as ndi
 
 from musica_ref import geometry
-from musica_ref.io import as_rgb, load_image, read_pts
+from musica_ref.data import FaceSet  # noqa: F401  (the trainer's face sets are the package's)
+from musica_ref.io import as_rgb
+from musica_ref.metrics import error_normaliser as normaliser  # noqa: F401
 from musica_ref.pyramid import build_pyramid
 
 # --- mirror permutations for horizontal flips -----------------------------------------------------------------
@@ -40,68 +41,7 @@ MIRROR = {
 }
 
 
-# --- face sets --------------------------------------------------------------------------------------------
-
-class FaceSet:
-    """Faces with landmarks: `image(i)` (H, W, 3) uint8, `landmarks` (n, N, 2) (x, y) 0-based,
-    `visible` (n, N) bool, `boxes` (n, 4) face boxes, `pose` (n, 3) or None, `extra` other ground truths by
-    name. Decoded images are cached in memory."""
-
-    def __init__(self, source, limit: int | None = None):
-        self.source = str(source)
-        p = Path(source)
-        if p.is_dir():
-            self._init_folder(p, limit)
-        else:
-            self._init_h5(p, limit)
-        self._cache = {}
-
-    def _init_h5(self, path: Path, limit):
-        import h5py
-        with h5py.File(path, "r") as f:
-            n = len(f["landmarks"]) if limit is None else min(limit, len(f["landmarks"]))
-            self._jpeg = [bytes(f["jpeg"][i]) for i in range(n)]
-            self.landmarks = f["landmarks"][:n].astype(np.float64)
-            self.visible = f["visible"][:n].astype(bool)
-            self.boxes = f["box"][:n].astype(np.float64)
-            self.pose = f["pose"][:n].astype(np.float64) if "pose" in f else None
-            # other ground truths of the same faces (AFLW2000-3D: landmarks_3dmm, the 3DDFA protocol's)
-            self.extra = {k: f[k][:n].astype(np.float64) for k in ("landmarks_3dmm",) if k in f}
-        self._files = None
-
-    def _init_folder(self, path: Path, limit):
-        files = sorted(q for q in path.iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png", ".ppm", ".bmp")
-                       and q.with_suffix(".pts").is_file())
-        if limit is not None:
-            files = files[:limit]
-        if not files:
-            raise ValueError(f"{path} holds no images with a .pts file beside them")
-        self._files = files
-        self._jpeg = None
-        self.landmarks = np.stack([read_pts(q.with_suffix(".pts")) for q in files])
-        self.visible = np.ones(self.landmarks.shape[:2], bool)
-        self.boxes = np.stack([geometry.tight_box(p) for p in self.landmarks])
-        self.pose = None
-        self.extra = {}
-
-    def __len__(self):
-        return len(self.landmarks)
-
-    @property
-    def n_landmarks(self) -> int:
-        return self.landmarks.shape[1]
-
-    def image(self, i: int) -> np.ndarray:
-        if i not in self._cache:
-            if self._files is not None:
-                img = load_image(self._files[i])
-            else:
-                from PIL import Image
-                with Image.open(io.BytesIO(self._jpeg[i])) as im:
-                    img = as_rgb(np.asarray(im.convert("RGB")))
-            self._cache[i] = img
-        return self._cache[i]
-
+# --- face sets: musica_ref.data.FaceSet (the HDF5 layout of ../shared/data and 300W-style folders) ----------
 
 def mean_shape(faces: FaceSet) -> np.ndarray:
     """The mean shape in the box frame (box top-left 0, longer side BB_SIZE): per landmark, the mean over
@@ -117,29 +57,7 @@ def mean_shape(faces: FaceSet) -> np.ndarray:
     return acc / cnt[:, None]
 
 
-# --- error normaliser -------------------------------------------------------------------------------------
-
-# where an outer eye corner has no location, its distance is taken as this fraction of sqrt(w*h) of the
-# ground truth's tight box (the median ratio on the training faces with both corners: 0.62); every
-# normaliser is at least NORM_FLOOR of it, so near-profile faces (corners projected close together) do not
-# dominate the loss
-EYE_TO_BOX = 0.62
-NORM_FLOOR = 0.25
-
-
-def normaliser(points, visible) -> float:
-    """The error normaliser of one face (in the points' units): the outer-eye-corner distance (docs/model.md §7), with
-    the fallback and floor above. points (N, 2), visible (N,)."""
-    vis = np.asarray(visible, bool)
-    tb = geometry.tight_box(points[vis])
-    size = math.sqrt(max(tb[2] - tb[0], 1e-6) * max(tb[3] - tb[1], 1e-6))
-    eyes = geometry.eye_corners(len(points))
-    if eyes is not None and vis[eyes[0]] and vis[eyes[1]]:
-        d = float(np.linalg.norm(points[eyes[0]] - points[eyes[1]]))
-    else:
-        d = EYE_TO_BOX * size
-    return max(d, NORM_FLOOR * size)
-
+# --- error normaliser: musica_ref.metrics.error_normaliser (the loss's and the error estimate's) -------------
 
 # --- augmentation ------------------------------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .geometry import PATCH_SIZE
+
 
 # --- image resampling (builds each pyramid level) ----------------------------------------------------------
 
@@ -195,8 +197,9 @@ def patch_features(patches, w1, b1, w2, b2, wa, ba) -> np.ndarray:
 
 
 def level_patch_features(level, corners, w1, b1, w2, b2, wa, ba) -> np.ndarray:
-    """patch_features of the 14 x 14 patches at corners (P, 2) (col, row) of one level (H, W, C) -> (P, 8 C2)."""
-    return patch_features(extract_patches(level, corners, 14), w1, b1, w2, b2, wa, ba)
+    """patch_features of the PATCH_SIZE x PATCH_SIZE patches at corners (P, 2) (col, row) of one level (H, W, C)
+    -> (P, 8 C2)."""
+    return patch_features(extract_patches(level, corners, PATCH_SIZE), w1, b1, w2, b2, wa, ba)
 
 
 def madd(acc, x, w) -> np.float32:

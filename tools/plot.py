@@ -39,8 +39,8 @@ def line_chart(path, series, title="", xlabel="", ylabel="", size=(7.0, 4.6), xl
 
 
 def patch_map(path, positions, values, titles, label, box_size):
-    """One panel per row of values (k, P): each patch drawn at its mean-face position (P, 2) in a box of side
-    box_size (y down), coloured and sized by its value, with one shared colour bar."""
+    """One panel per row of values (k, P): each patch drawn at its mean-face position (P, 2) (the face box from
+    0 to box_size, y down, with a margin), coloured and sized by its value, with one shared colour bar."""
     plt = _pyplot()
     import numpy as np
     values = np.asarray(values)
@@ -50,7 +50,10 @@ def patch_map(path, positions, values, titles, label, box_size):
         for ax, v, t in zip(np.atleast_1d(axes), values, titles):
             sc = ax.scatter(positions[:, 0], positions[:, 1], c=v, s=20 + 120 * (v - lo) / (hi - lo + 1e-12),
                             cmap="coolwarm", vmin=lo, vmax=hi)
-            ax.set(title=t, xlim=(0, box_size), ylim=(box_size, 0), aspect="equal", xticks=[], yticks=[])
+            pad = 0.08 * box_size
+            ax.set(title=t, xlim=(min(0, positions[:, 0].min()) - pad, max(box_size, positions[:, 0].max()) + pad),
+                   ylim=(max(box_size, positions[:, 1].max()) + pad, min(0, positions[:, 1].min()) - pad),
+                   aspect="equal", xticks=[], yticks=[])
             ax.grid(False)
         fig.colorbar(sc, ax=axes, label=label, shrink=0.8)
         fig.savefig(path)

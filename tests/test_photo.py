@@ -10,7 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 import musica_ref as m
 from musica_ref import cli, detect, geometry, metrics
@@ -256,6 +256,8 @@ def test_exif_orientation_is_applied(tmp_path, monkeypatch, orientation, strip_r
     path = tmp_path / f"o{orientation}.png"
     Image.fromarray(np.ascontiguousarray(STORED[orientation](up))).save(path, exif=exif)
     np.testing.assert_array_equal(m.load_image(path), up)
+    with Image.open(path) as im:                 # the table above agrees with Pillow's reading of the tag
+        np.testing.assert_array_equal(np.asarray(ImageOps.exif_transpose(im)), up)
     Image.fromarray(np.ascontiguousarray(STORED[orientation](up[:, :, 0]))).save(path, exif=exif)    # grayscale
     np.testing.assert_array_equal(m.load_image(path), np.repeat(up[:, :, :1], 3, 2))
     deep = (up[:, :, 0].astype(np.int32) * 250).astype(np.uint16)                                   # 16-bit

@@ -23,6 +23,8 @@ setup(
         "compare": ["dlib-bin", "face-recognition-models"],
         # face detection (musica_ref.detect): dlib's HOG frontal face detector, its model inside the library
         "detect": ["dlib-bin"],
+        # musica-ref track on video files (PyAV, FFmpeg inside its wheel); a folder of frames needs nothing
+        "video": ["av>=12"],
         # the docs' figures (tools/plot.py: tools/evaluate.py --ced, tools/analyses.py)
         "plots": ["matplotlib>=3.7"],
         # tools/bench.py's ONNX Runtime baseline (with "train" for PyTorch, which exports the network)

@@ -9,7 +9,8 @@
 Importing defines things and does nothing else; the command line lives in `musica_ref.cli`.
 Data flow, one module per step: io (image) -> detect (face boxes) -> geometry (frame) -> pyramid -> kernels
 (patches, network layers) -> network (one iteration) -> model (cascade, early exit) -> geometry (back to the
-image). models names the installed weights files; draw makes the overlay.
+image). models names the installed weights files; draw makes the overlay; track follows faces through video
+frames (video reads them); data, metrics and evaluate measure a model on annotated faces.
 """
 from .detect import DetectorUnavailable, Face, detect_faces
 from .errors import InputError, MusicaError, WeightsError
@@ -17,6 +18,7 @@ from .io import as_rgb, load_image, read_pts, write_pts
 from .model import MuSiCa, Result
 from .models import DEFAULT_MODEL, MODELS
 from .opcount import iteration_macs, total_macs, total_parameters
+from .track import OneEuroFilter, Tracker
 from .variants import VARIANTS, Variant, custom_variant, get_variant
 from .weights import FORMAT_NAME, FORMAT_VERSION, Weights, load_weights, random_weights, save_weights
 
@@ -24,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # running the model
-    "MuSiCa", "Result", "MODELS", "DEFAULT_MODEL", "detect_faces", "Face",
+    "MuSiCa", "Result", "MODELS", "DEFAULT_MODEL", "detect_faces", "Face", "Tracker", "OneEuroFilter",
     # images and point files
     "load_image", "as_rgb", "read_pts", "write_pts",
     # weights files and variants

@@ -1,4 +1,4 @@
-"""The `musica-ref` command line: predict, evaluate, count, info, warmup, random-weights."""
+"""The `musica-ref` command line: predict, track, evaluate, count, info, warmup, random-weights."""
 from __future__ import annotations
 
 import argparse
@@ -358,6 +358,63 @@ def cmd_random_weights(a) -> int:
     return 0
 
 
+def cmd_track(a) -> int:
+    from .model import MuSiCa
+    from .track import Tracker
+    from .video import frame_count, read_frames
+    if not os.path.exists(a.input):
+        raise InputError(f"{a.input!r} does not exist (give a video file or a folder of frames)")
+    from .video import frame_files
+    weights = _resolve_weights(a)
+    out = a.out or "-"
+    inputs = (frame_files(a.input) if os.path.isdir(a.input) else [a.input]) + [weights]
+    if out != "-" and any(_same_file(out, p) for p in inputs):
+        raise InputError(f"refusing to overwrite an input file with the output {out!r}")
+    if a.overlay and _same_file(a.overlay, a.input):
+        raise InputError(f"--overlay {a.overlay!r} is the input; give another folder for the overlay frames")
+    if out != "-":
+        _check_writable(out)
+    if a.overlay:
+        if os.path.isfile(a.overlay):
+            raise InputError(f"--overlay {a.overlay!r} is a file; give a folder for the overlay frames")
+        _check_writable(os.path.join(a.overlay, "frame_000000.png") if os.path.isdir(a.overlay) else a.overlay)
+    if a.fps is not None and not a.fps > 0:
+        raise InputError(f"--fps must be > 0, got {a.fps}")
+    if a.max_frames is not None and a.max_frames < 1:
+        raise InputError(f"--max-frames must be >= 1, got {a.max_frames}")
+    model = MuSiCa.load(weights, recurrent="int8" if a.int8 else "stored")
+    tracker = Tracker(model, ts=_threshold(a.ts, "ts") or 0.0, tf=_threshold(a.tf, "tf"),
+                      smoothing=not a.no_smoothing, detect_every=a.detect_every, fps=a.fps or 30.0)
+    n = frame_count(a.input)
+    progress = _Progress(min(n, a.max_frames or n) if n else 0)
+    lines, n_frames, total_faces = [], 0, 0
+    if a.overlay:
+        os.makedirs(a.overlay, exist_ok=True)
+    for k, t, frame in read_frames(a.input, fps=a.fps or 30.0, max_frames=a.max_frames):
+        faces = tracker.update(frame, t)
+        rec = {"frame": k, "time": round(t, 6),
+               "faces": [{"track": r.track_id, **_face_record(r)} for r in faces]}
+        if out == "-":
+            print(json.dumps(rec), flush=True)
+        else:
+            lines.append(json.dumps(rec))
+        if a.overlay:
+            from .draw import draw_results
+            im = draw_results(frame, faces)
+            _atomic_write(os.path.join(a.overlay, f"frame_{k:06d}.png"), lambda tmp: im.save(tmp, format="PNG"))
+        n_frames, total_faces = n_frames + 1, total_faces + len(faces)
+        progress.step(k + 1, total_faces)
+    progress.done()
+    if out != "-":
+        def dump(tmp):
+            with open(tmp, "w") as fh:
+                fh.write("\n".join(lines) + "\n")
+        _atomic_write(out, dump)
+    print(f"{n_frames} frames, {total_faces} tracked faces, {tracker._next_id} tracks, the detector ran on "
+          f"{tracker.detections} frames" + (f"; wrote {out}" if out != "-" else ""), file=sys.stderr)
+    return 0
+
+
 def cmd_evaluate(a) -> int:
     from .data import FaceSet
     from .evaluate import evaluate
@@ -425,6 +482,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-pixels", type=int, help="refuse images with more pixels than this (default: Pillow's "
                    "limit, about 89 million)")
     q.set_defaults(func=cmd_predict)
+
+    t = sub.add_parser("track", help="track the faces of a video file or a folder of frames",
+                       description="Follow every face from frame to frame: each frame's landmarks give the next "
+                       "frame's box, the detector runs to start, to recover a lost face and every --detect-every "
+                       "frames. One JSON line per frame.")
+    t.add_argument("input", help="a video file (the video extra: PyAV) or a folder of frames (in name order)")
+    t.add_argument("--model", help=f"a model by name: {', '.join(MODELS)} (default {DEFAULT_MODEL})")
+    t.add_argument("--weights", help="a weights file (.h5) instead of --model")
+    t.add_argument("--out", help="FILE.jsonl, or - for standard output (the default): one JSON object per frame")
+    t.add_argument("--overlay", help="a folder for the frames with their faces drawn (frame_000000.png, ...)")
+    t.add_argument("--ts", help="early exit threshold (fraction or percentage); default 0: every iteration")
+    t.add_argument("--tf", help="a face whose last E > tf is lost and looked for again; default: the model's own")
+    t.add_argument("--detect-every", type=int, default=10, help="run the detector every K frames for new faces "
+                   "(default 10; 0: only when no face is tracked)")
+    t.add_argument("--no-smoothing", action="store_true", help="landmarks as found, without the One Euro filter")
+    t.add_argument("--fps", type=float, help="the frame rate of a folder of frames (default 30)")
+    t.add_argument("--max-frames", type=int, help="stop after N frames")
+    t.add_argument("--int8", action="store_true", help="recurrent layers as int8")
+    t.set_defaults(func=cmd_track)
 
     e = sub.add_parser("evaluate", help="accuracy of a model on an annotated face set",
                        description="Run a model on every face of an annotated set from the set's own face box and "

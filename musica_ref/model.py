@@ -76,6 +76,7 @@ class Result:
     macs_by_layer: multiply-adds per layer name (gate multiplies included here, not in multiply_adds).
     box: the face box (x0, y0, x1, y1) the face was given (by the caller or the detector).
     score: the face detector's confidence, when a detector found the face (predict_image); else None.
+    track_id: the face's track, when a Tracker followed it through video frames (musica_ref.track); else None.
 
     With refine = k > 0 the landmarks, errors, iterations and history are those of the last of the k + 1
     runs; multiply_adds and macs_by_layer count all of them.
@@ -89,6 +90,7 @@ class Result:
     macs_by_layer: dict = field(default_factory=dict)
     box: tuple | None = None
     score: float | None = None
+    track_id: int | None = None
 
 
 def _check_thresholds(ts, tf, refine=0):

@@ -1,0 +1,233 @@
+"""Tracking against detection on every frame, on moving-face sequences made from real photos at run time.
+
+    pip install ".[detect,compare]"
+    python tools/track_bench.py --data ../shared/data/test_aflw2000.h5 [--faces 12] [--frames 40] \
+        [--model musica19] [--ts 0.044] [--detect-every 10]
+
+Each sequence is one test face (its photo and 68 ground-truth points) moved frame by frame by a smooth,
+known motion: translation, scale and in-plane rotation along sines, a slow brightness change and sensor
+noise (sigma 4 grey levels); the ground truth moves with the image. Only faces dlib's detector finds in the
+first frame are used. Nothing is saved. Methods, on the same frames:
+
+- detect + predict: dlib's detector and predict_image (refine 1) on every frame;
+- tracker: musica_ref.Tracker (the box from the previous frame's landmarks), smoothing on, and off;
+- dlib: dlib's detector and its ERT 68-point shape predictor on every frame (`compare` extra).
+
+Reported per method: NME_box over the frames with a face (% of sqrt(w h) of the ground truth's tight box),
+frames with no face near the truth (lost), mean iterations and multiply-adds per frame, milliseconds per
+frame (detection, landmarks, total) on 1 and 2 threads. Then, on still faces with sensor noise only, the
+jitter (standard deviation of each landmark's position over the frames, root mean square over the
+landmarks, % of the box) of the tracker with and without smoothing and of predict on the fixed true box; and
+on faces moving at a constant speed, the smoother's lag (frames). Prints the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tools.numba_cache import use_keyed_cache  # noqa: E402
+
+use_keyed_cache()
+
+import numba                                                    # noqa: E402
+
+import musica_ref as m                                          # noqa: E402
+from musica_ref import geometry                                 # noqa: E402
+from musica_ref.data import FaceSet                             # noqa: E402
+from musica_ref.detect import DlibDetector                      # noqa: E402
+from tools.time_predict import machine                          # noqa: E402
+from tools.trainer.data import apply_affine, warp_affine        # noqa: E402
+
+NOISE = 4.0               # sensor noise, grey levels
+LOST = 0.5                # a frame's face is lost if its landmarks' mean error exceeds this fraction of the box
+
+
+def motion(k, n, size, kind):
+    """The 2x3 affine of frame k of n about the face's centre (at the origin): 'move' (translation, scale,
+    rotation along sines), 'still' (none), 'slide' (constant speed, size / 60 px a frame)."""
+    if kind == "still":
+        return np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    if kind == "slide":
+        return np.array([[1.0, 0, size / 60 * k], [0, 1.0, 0]])
+    ph = 2 * math.pi * k / n
+    s = 1 + 0.12 * math.sin(ph)
+    r = math.radians(10) * math.sin(1.3 * ph)
+    tx, ty = 0.15 * size * math.sin(ph), 0.10 * size * math.sin(2 * ph)
+    c, si = s * math.cos(r), s * math.sin(r)
+    return np.array([[c, -si, tx], [si, c, ty]])
+
+
+def sequence(image, gt, n, kind, rng):
+    """(frames (n, H, W, 3) uint8, ground truth (n, 68, 2)) of one face."""
+    box = geometry.tight_box(gt)
+    size = math.sqrt((box[2] - box[0]) * (box[3] - box[1]))
+    centre = gt.mean(0)
+    frames, truths = [], []
+    for k in range(n):
+        M = motion(k, n, size, kind)
+        A = np.hstack([M[:, :2], (M[:, :2] @ -centre + centre + M[:, 2])[:, None]])     # about the centre
+        f = warp_affine(image, A, image.shape[:2])
+        f = f * (1 + 0.15 * math.sin(2 * math.pi * k / n)) + rng.normal(0, NOISE, f.shape)
+        frames.append(np.clip(f, 0, 255).astype(np.uint8))
+        truths.append(apply_affine(A, gt))
+    return frames, truths
+
+
+def nme(pred, gt):
+    b = geometry.tight_box(gt)
+    return float(np.mean(np.linalg.norm(pred - gt, axis=1)) / math.sqrt((b[2] - b[0]) * (b[3] - b[1])))
+
+
+class Timed:
+    """A detector callable that adds up its own time."""
+
+    def __init__(self, det):
+        self.det, self.seconds = det, 0.0
+
+    def __call__(self, image):
+        t = time.perf_counter()
+        out = self.det(image)
+        self.seconds += time.perf_counter() - t
+        return out
+
+
+def closest(results, gt):
+    """The result nearest the ground truth, or None when none is within LOST."""
+    best = min(results, key=lambda r: nme(r.landmarks, gt), default=None)
+    return best if best is not None and nme(best.landmarks, gt) <= LOST else None
+
+
+def run_method(name, seqs, model, args, dlib_parts):
+    """One method over every sequence: dict of totals."""
+    tot = {"nme": [], "lost": 0, "frames": 0, "iterations": 0, "macs": 0, "detect_s": 0.0, "total_s": 0.0}
+    for frames, truths in seqs:
+        det = Timed(DlibDetector())
+        tracker = None
+        if name.startswith("tracker"):
+            tracker = m.Tracker(model, ts=args.ts, detector=det, detect_every=args.detect_every,
+                                smoothing=name == "tracker")
+        for frame, gt in zip(frames, truths):
+            t0 = time.perf_counter()
+            if tracker is not None:
+                results = tracker.update(frame)
+            elif name == "detect + predict":
+                results = model.predict_image(frame, ts=args.ts, detector=det)
+            else:                                           # dlib: detector and ERT
+                dlib, predictor = dlib_parts
+                faces = m.detect_faces(frame, detector=det)
+                results = []
+                for f in faces:
+                    x0, y0, x1, y1 = (int(round(v)) for v in f.box)
+                    shape = predictor(frame, dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
+                    results.append(m.Result(np.array([[p.x, p.y] for p in shape.parts()], float), np.zeros(1),
+                                            0, False, 0, np.zeros((1, 68, 2))))
+            tot["total_s"] += time.perf_counter() - t0
+            tot["frames"] += 1
+            r = closest(results, gt)
+            if r is None:
+                tot["lost"] += 1
+                continue
+            tot["nme"].append(nme(r.landmarks, gt))
+            tot["iterations"] += sum(x.iterations for x in results)
+            tot["macs"] += sum(x.multiply_adds for x in results)
+        tot["detect_s"] += det.seconds
+    return tot
+
+
+def jitter(seqs, model, args):
+    """RMS over landmarks of each landmark's standard deviation over the frames, % of the box, per method."""
+    out = {"tracker, smoothing": [], "tracker, no smoothing": [], "predict on the fixed true box": []}
+    for frames, truths in seqs:
+        b = geometry.tight_box(truths[0])
+        size = math.sqrt((b[2] - b[0]) * (b[3] - b[1]))
+        for name in out:
+            if name.startswith("tracker"):
+                tr = m.Tracker(model, ts=args.ts, detector=DlibDetector(), detect_every=0,
+                               smoothing=name == "tracker, smoothing")
+                pts = [tr.update(f) for f in frames]
+                pts = [closest(r, g) for r, g in zip(pts, truths)]
+                if any(p is None for p in pts):
+                    continue
+                pts = np.stack([p.landmarks for p in pts])
+            else:
+                pts = np.stack([model.predict(f, b, ts=args.ts).landmarks for f in frames])
+            sd = pts[5:].std(axis=0)                                       # (68, 2), after the start
+            out[name].append(100 * math.sqrt(np.mean(np.sum(sd ** 2, axis=1))) / size)
+    return {k: float(np.mean(v)) if v else float("nan") for k, v in out.items()}
+
+
+def lag(seqs, model, args):
+    """The smoothed landmarks' mean offset behind the unsmoothed ones along the motion, in frames."""
+    lags = []
+    for frames, truths in seqs:
+        b = geometry.tight_box(truths[0])
+        speed = math.sqrt((b[2] - b[0]) * (b[3] - b[1])) / 60                # px a frame (motion 'slide')
+        a = m.Tracker(model, ts=args.ts, detector=DlibDetector(), detect_every=0, smoothing=True)
+        r = m.Tracker(model, ts=args.ts, detector=DlibDetector(), detect_every=0, smoothing=False)
+        for k, f in enumerate(frames):
+            sa, sr = a.update(f), r.update(f)
+            if k >= 10 and len(sa) == 1 and len(sr) == 1:
+                lags.append((sr[0].landmarks[:, 0].mean() - sa[0].landmarks[:, 0].mean()) / speed)
+    return float(np.mean(lags)) if lags else float("nan")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="an annotated set with 68 points (test_aflw2000.h5)")
+    ap.add_argument("--model", default="musica19")
+    ap.add_argument("--faces", type=int, default=12)
+    ap.add_argument("--frames", type=int, default=40)
+    ap.add_argument("--ts", type=float, default=0.0, help="early exit threshold (fraction)")
+    ap.add_argument("--detect-every", type=int, default=10)
+    ap.add_argument("--int8", action="store_true")
+    ap.add_argument("--no-dlib-ert", action="store_true", help="leave out dlib's ERT (no compare extra)")
+    a = ap.parse_args(argv)
+    model = m.MuSiCa.load(a.model, recurrent="int8" if a.int8 else "stored")
+    faces = FaceSet(a.data)
+    rng = np.random.default_rng(0)
+    probe = DlibDetector()
+    picked = [i for i in rng.permutation(len(faces))[:8 * a.faces] if probe(faces.image(int(i)))][:a.faces]
+    moving = [sequence(faces.image(int(i)), faces.landmarks[int(i)], a.frames, "move", rng) for i in picked]
+    dlib_parts = None
+    methods = ["detect + predict", "tracker", "tracker, no smoothing"]
+    if not a.no_dlib_ert:
+        from tools.compare_dlib import dlib_model
+        dlib_parts = dlib_model()
+        methods.append("dlib detector + ERT")
+    model.predict(moving[0][0][0], geometry.tight_box(moving[0][1][0]))           # compiled before timing
+    rows = {}
+    for threads in (1, 2):
+        numba.set_num_threads(threads)
+        for name in methods:
+            rows[name, threads] = run_method(name, moving, model, a, dlib_parts)
+    n = sum(len(f) for f, _ in moving)
+    print(f"{len(moving)} sequences of {a.frames} frames ({n} frames) from {Path(a.data).name}; model {a.model}"
+          f"{' (int8)' if a.int8 else ''}, ts {a.ts:g}, detection every {a.detect_every} frames when tracking")
+    print("| method | NME_box % | frames lost | iterations / frame | M multiply-adds / frame | "
+          "ms / frame, 1 thread: detection, landmarks, total | 2 threads: total | frames / s (2 threads) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in methods:
+        r1, r2 = rows[name, 1], rows[name, 2]
+        det_ms, tot_ms = 1e3 * r1["detect_s"] / n, 1e3 * r1["total_s"] / n
+        print(f"| {name} | {100 * np.mean(r1['nme']):.3f} | {r1['lost']} | {r1['iterations'] / n:.2f} | "
+              f"{r1['macs'] / n / 1e6:.1f} | {det_ms:.1f}, {tot_ms - det_ms:.1f}, {tot_ms:.1f} | "
+              f"{1e3 * r2['total_s'] / n:.1f} | {n / r2['total_s']:.1f} |")
+    still = [sequence(faces.image(int(i)), faces.landmarks[int(i)], a.frames, "still", rng) for i in picked]
+    j = jitter(still, model, a)
+    print("jitter on still faces with sensor noise (sigma 4), % of the box: " +
+          ", ".join(f"{k} {v:.3f}" for k, v in j.items()))
+    slide = [sequence(faces.image(int(i)), faces.landmarks[int(i)], a.frames, "slide", rng) for i in picked]
+    print(f"lag of the smoothed landmarks on faces moving at a constant speed (1/60 of the box a frame): "
+          f"{lag(slide, model, a):.2f} frames")
+    print(f"machine: {machine()}")
+
+
+if __name__ == "__main__":
+    main()

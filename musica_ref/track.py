@@ -83,6 +83,9 @@ def box_iou(a, b) -> float:
 class _Track:
     def __init__(self, track_id, landmarks, smoother):
         self.id, self.raw, self.smoother = track_id, landmarks, smoother
+        # the unit of the smoother: the face's size when the track starts, fixed (a size taken again every
+        # frame would carry its own jitter into every point, in proportion to the point's distance from 0)
+        self.unit = float(np.sqrt(np.prod(np.ptp(landmarks, axis=0)))) or 1.0
 
     def box(self):
         return geometry.tight_box(self.raw)
@@ -149,8 +152,7 @@ class Tracker:
             r = results[tr.id]
             r.track_id = tr.id
             if self.smoothing:
-                size = float(np.sqrt(np.prod(np.ptp(tr.raw, axis=0)))) or 1.0
-                r.landmarks = tr.smoother(r.landmarks / size, t) * size
+                r.landmarks = tr.smoother(r.landmarks / tr.unit, t) * tr.unit
             out.append(r)
         self.frame_index += 1
         return out

@@ -129,3 +129,12 @@ def test_the_test_cache_is_keyed_by_the_kernel_sources(tmp_path, monkeypatch):
     assert numba_cache.keyed_cache_dir() != first
     import os
     assert os.environ["NUMBA_CACHE_DIR"]                                        # set by tests/conftest.py
+
+
+def test_track_bench_runs_on_real_faces(shared_data, capsys):
+    pytest.importorskip("dlib", reason='the benchmark detects faces: pip install ".[detect]"')
+    from tools import track_bench
+    track_bench.main(["--data", str(shared_data / "test_aflw2000.h5"), "--faces", "1", "--frames", "8",
+                      "--no-dlib-ert"])
+    out = capsys.readouterr().out
+    assert "| tracker |" in out and "| detect + predict |" in out and "jitter" in out and "lag" in out

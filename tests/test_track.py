@@ -119,6 +119,20 @@ def test_periodic_detection_adds_no_track_for_a_tracked_face_and_overlapping_tra
     assert box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7) and box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0
 
 
+def test_smoothing_calms_a_still_face_with_sensor_noise(model19):
+    """The tracker's own landmarks on a still drawn face with noise (sigma 4 grey levels): smoothed, they move
+    less from frame to frame than unsmoothed."""
+    rng = np.random.default_rng(1)
+    frames = [np.clip(moving_face(0, 0) + rng.normal(0, 4, moving_face(0, 0).shape), 0, 255).astype(np.uint8)
+              for _ in range(25)]
+    moves = {}
+    for smoothing in (True, False):
+        tr = Tracker(model19, tf=float("inf"), detector=FakeDetector(), detect_every=0, smoothing=smoothing)
+        pts = np.stack([tr.update(f)[0].landmarks for f in frames])
+        moves[smoothing] = np.sqrt(np.mean(np.sum(np.diff(pts[5:], axis=0) ** 2, axis=2)))
+    assert moves[True] < moves[False] / 2, moves
+
+
 def test_smoothing_off_gives_the_raw_landmarks(model19):
     frames = [moving_face(k, 0) for k in range(3)]
     det = FakeDetector()

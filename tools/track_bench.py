@@ -16,9 +16,9 @@ first frame are used. Nothing is saved. Methods, on the same frames:
 Reported per method: NME_box over the frames with a face (% of sqrt(w h) of the ground truth's tight box),
 frames with no face near the truth (lost), mean iterations and multiply-adds per frame, milliseconds per
 frame (detection, landmarks, total) on 1 and 2 threads. Then, on still faces with sensor noise only, the
-jitter (standard deviation of each landmark's position over the frames, root mean square over the
-landmarks, % of the box) of the tracker with and without smoothing and of predict on the fixed true box; and
-on faces moving at a constant speed, the smoother's lag (frames). Prints the machine.
+jitter: how far the landmarks move from one frame to the next (root mean square over landmarks and frames,
+% of the box, from the sixth frame on), for the tracker with and without smoothing and for predict on the
+fixed true box; and on faces moving at a constant speed, the smoother's lag (frames). Prints the machine.
 """
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def run_method(name, seqs, model, args, dlib_parts):
 
 
 def jitter(seqs, model, args):
-    """RMS over landmarks of each landmark's standard deviation over the frames, % of the box, per method."""
+    """Root mean square of the landmarks' frame-to-frame movement, % of the box, per method (frames 5 on)."""
     out = {"tracker, smoothing": [], "tracker, no smoothing": [], "predict on the fixed true box": []}
     for frames, truths in seqs:
         b = geometry.tight_box(truths[0])
@@ -158,8 +158,8 @@ def jitter(seqs, model, args):
                 pts = np.stack([p.landmarks for p in pts])
             else:
                 pts = np.stack([model.predict(f, b, ts=args.ts).landmarks for f in frames])
-            sd = pts[5:].std(axis=0)                                       # (68, 2), after the start
-            out[name].append(100 * math.sqrt(np.mean(np.sum(sd ** 2, axis=1))) / size)
+            step = np.linalg.norm(np.diff(pts[5:], axis=0), axis=2)            # (frames - 6, 68)
+            out[name].append(100 * math.sqrt(np.mean(step ** 2)) / size)
     return {k: float(np.mean(v)) if v else float("nan") for k, v in out.items()}
 
 

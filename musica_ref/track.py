@@ -19,9 +19,13 @@ from .errors import InputError
 from .io import as_rgb, image_or_path
 
 # One Euro filter defaults for landmarks measured in face sizes (sqrt(w h) of the face's box) and seconds:
-# a still face is smoothed with a 1 Hz cutoff; a face moving at one face size a second gets 1 + 4 = 5 Hz
+# a still face is smoothed with a 1 Hz cutoff; a face moving at one face size a second gets 1 + 8 = 9 Hz.
+# Chosen on moving-face sequences made from validation faces (tools/track_bench.py --tracker-only, 8 faces of
+# val_merl_aflw.h5): of the settings tried (min_cutoff, beta) = (1, 4), (1, 8), (1, 15), (1, 40), (0.5, 15),
+# (0.5, 25), (0.3, 20), the most accurate on moving faces among those that cut a still face's frame-to-frame
+# jitter at least 3 times (docs/benchmarks.md, "Tracking")
 SMOOTH_MIN_CUTOFF = 1.0
-SMOOTH_BETA = 4.0
+SMOOTH_BETA = 8.0
 SMOOTH_D_CUTOFF = 1.0
 
 

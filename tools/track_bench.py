@@ -42,6 +42,7 @@ import musica_ref as m                                          # noqa: E402
 from musica_ref import geometry                                 # noqa: E402
 from musica_ref.data import FaceSet                             # noqa: E402
 from musica_ref.detect import DlibDetector                      # noqa: E402
+from musica_ref.track import SMOOTH_BETA, SMOOTH_MIN_CUTOFF     # noqa: E402
 from tools.time_predict import machine                          # noqa: E402
 from tools.trainer.data import apply_affine, warp_affine        # noqa: E402
 
@@ -112,7 +113,7 @@ def run_method(name, seqs, model, args, dlib_parts):
         tracker = None
         if name.startswith("tracker"):
             tracker = m.Tracker(model, ts=args.ts, detector=det, detect_every=args.detect_every,
-                                smoothing=name == "tracker")
+                                smoothing=name == "tracker", min_cutoff=args.min_cutoff, beta=args.beta)
         for frame, gt in zip(frames, truths):
             t0 = time.perf_counter()
             if tracker is not None:
@@ -150,7 +151,7 @@ def jitter(seqs, model, args):
         for name in out:
             if name.startswith("tracker"):
                 tr = m.Tracker(model, ts=args.ts, detector=DlibDetector(), detect_every=0,
-                               smoothing=name == "tracker, smoothing")
+                               smoothing=name == "tracker, smoothing", min_cutoff=args.min_cutoff, beta=args.beta)
                 pts = [tr.update(f) for f in frames]
                 pts = [closest(r, g) for r, g in zip(pts, truths)]
                 if any(p is None for p in pts):
@@ -169,7 +170,8 @@ def lag(seqs, model, args):
     for frames, truths in seqs:
         b = geometry.tight_box(truths[0])
         speed = math.sqrt((b[2] - b[0]) * (b[3] - b[1])) / 60                # px a frame (motion 'slide')
-        a = m.Tracker(model, ts=args.ts, detector=DlibDetector(), detect_every=0, smoothing=True)
+        a = m.Tracker(model, ts=args.ts, detector=DlibDetector(), detect_every=0, smoothing=True,
+                      min_cutoff=args.min_cutoff, beta=args.beta)
         r = m.Tracker(model, ts=args.ts, detector=DlibDetector(), detect_every=0, smoothing=False)
         for k, f in enumerate(frames):
             sa, sr = a.update(f), r.update(f)
@@ -188,6 +190,9 @@ def main(argv=None):
     ap.add_argument("--detect-every", type=int, default=10)
     ap.add_argument("--int8", action="store_true")
     ap.add_argument("--no-dlib-ert", action="store_true", help="leave out dlib's ERT (no compare extra)")
+    ap.add_argument("--tracker-only", action="store_true", help="only the tracker's rows (to tune the smoother)")
+    ap.add_argument("--min-cutoff", type=float, default=SMOOTH_MIN_CUTOFF, help="the smoother's (Hz)")
+    ap.add_argument("--beta", type=float, default=SMOOTH_BETA, help="the smoother's (per face size a second)")
     a = ap.parse_args(argv)
     model = m.MuSiCa.load(a.model, recurrent="int8" if a.int8 else "stored")
     faces = FaceSet(a.data)
@@ -196,25 +201,27 @@ def main(argv=None):
     picked = [i for i in rng.permutation(len(faces))[:8 * a.faces] if probe(faces.image(int(i)))][:a.faces]
     moving = [sequence(faces.image(int(i)), faces.landmarks[int(i)], a.frames, "move", rng) for i in picked]
     dlib_parts = None
-    methods = ["detect + predict", "tracker", "tracker, no smoothing"]
-    if not a.no_dlib_ert:
+    methods = ["tracker", "tracker, no smoothing"] if a.tracker_only else \
+        ["detect + predict", "tracker", "tracker, no smoothing"]
+    if not (a.no_dlib_ert or a.tracker_only):
         from tools.compare_dlib import dlib_model
         dlib_parts = dlib_model()
         methods.append("dlib detector + ERT")
     model.predict(moving[0][0][0], geometry.tight_box(moving[0][1][0]))           # compiled before timing
     rows = {}
-    for threads in (1, 2):
+    for threads in (1,) if a.tracker_only else (1, 2):
         numba.set_num_threads(threads)
         for name in methods:
             rows[name, threads] = run_method(name, moving, model, a, dlib_parts)
     n = sum(len(f) for f, _ in moving)
     print(f"{len(moving)} sequences of {a.frames} frames ({n} frames) from {Path(a.data).name}; model {a.model}"
-          f"{' (int8)' if a.int8 else ''}, ts {a.ts:g}, detection every {a.detect_every} frames when tracking")
+          f"{' (int8)' if a.int8 else ''}, ts {a.ts:g}, detection every {a.detect_every} frames when tracking; "
+          f"smoother min_cutoff {a.min_cutoff:g} Hz, beta {a.beta:g}")
     print("| method | NME_box % | frames lost | iterations / frame | M multiply-adds / frame | "
           "ms / frame, 1 thread: detection, landmarks, total | 2 threads: total | frames / s (2 threads) |")
     print("|---|---|---|---|---|---|---|---|")
     for name in methods:
-        r1, r2 = rows[name, 1], rows[name, 2]
+        r1, r2 = rows[name, 1], rows.get((name, 2), rows[name, 1])
         det_ms, tot_ms = 1e3 * r1["detect_s"] / n, 1e3 * r1["total_s"] / n
         print(f"| {name} | {100 * np.mean(r1['nme']):.3f} | {r1['lost']} | {r1['iterations'] / n:.2f} | "
               f"{r1['macs'] / n / 1e6:.1f} | {det_ms:.1f}, {tot_ms - det_ms:.1f}, {tot_ms:.1f} | "

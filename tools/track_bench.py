@@ -2,7 +2,7 @@
 
     pip install ".[detect,compare]"
     python tools/track_bench.py --data ../shared/data/test_aflw2000.h5 [--faces 12] [--frames 40] \
-        [--model musica19] [--ts 0.044] [--detect-every 10]
+        [--model musica19] [--exit-ts 0.0448] [--detect-every 10]
 
 Each sequence is one test face (its photo and 68 ground-truth points) moved frame by frame by a smooth,
 known motion: translation, scale and in-plane rotation along sines, a slow brightness change and sensor
@@ -10,7 +10,8 @@ noise (sigma 4 grey levels); the ground truth moves with the image. Only faces d
 first frame are used. Nothing is saved. Methods, on the same frames:
 
 - detect + predict: dlib's detector and predict_image (refine 1) on every frame;
-- tracker: musica_ref.Tracker (the box from the previous frame's landmarks), smoothing on, and off;
+- tracker: musica_ref.Tracker (the box from the previous frame's landmarks), smoothing on, and off; with
+  --exit-ts also with early exit at that Ts (e.g. musica19's validation operating point, 0.0448);
 - dlib: dlib's detector and its ERT 68-point shape predictor on every frame (`compare` extra).
 
 Reported per method: NME_box over the frames with a face (% of sqrt(w h) of the ground truth's tight box),
@@ -107,19 +108,21 @@ def closest(results, gt):
 
 def run_method(name, seqs, model, args, dlib_parts):
     """One method over every sequence: dict of totals."""
-    tot = {"nme": [], "lost": 0, "frames": 0, "iterations": 0, "macs": 0, "detect_s": 0.0, "total_s": 0.0}
+    tot = {"nme": [], "lost": 0, "frames": 0, "iterations": 0, "macs": 0, "detect_s": 0.0, "total_s": 0.0,
+           "faces": 0, "one_iteration": 0}
+    ts = args.exit_ts if name.endswith("early exit") else args.ts
     for frames, truths in seqs:
         det = Timed(DlibDetector())
         tracker = None
         if name.startswith("tracker"):
-            tracker = m.Tracker(model, ts=args.ts, detector=det, detect_every=args.detect_every,
-                                smoothing=name == "tracker", min_cutoff=args.min_cutoff, beta=args.beta)
+            tracker = m.Tracker(model, ts=ts, detector=det, detect_every=args.detect_every,
+                                smoothing=name != "tracker, no smoothing", min_cutoff=args.min_cutoff, beta=args.beta)
         for frame, gt in zip(frames, truths):
             t0 = time.perf_counter()
             if tracker is not None:
                 results = tracker.update(frame)
             elif name == "detect + predict":
-                results = model.predict_image(frame, ts=args.ts, detector=det)
+                results = model.predict_image(frame, ts=ts, detector=det)
             else:                                           # dlib: detector and ERT
                 dlib, predictor = dlib_parts
                 faces = m.detect_faces(frame, detector=det)
@@ -138,6 +141,8 @@ def run_method(name, seqs, model, args, dlib_parts):
             tot["nme"].append(nme(r.landmarks, gt))
             tot["iterations"] += sum(x.iterations for x in results)
             tot["macs"] += sum(x.multiply_adds for x in results)
+            tot["faces"] += len(results)
+            tot["one_iteration"] += sum(x.iterations == 1 for x in results)
         tot["detect_s"] += det.seconds
     return tot
 
@@ -186,7 +191,8 @@ def main(argv=None):
     ap.add_argument("--model", default="musica19")
     ap.add_argument("--faces", type=int, default=12)
     ap.add_argument("--frames", type=int, default=40)
-    ap.add_argument("--ts", type=float, default=0.0, help="early exit threshold (fraction)")
+    ap.add_argument("--ts", type=float, default=0.0, help="early exit threshold (fraction) of every method")
+    ap.add_argument("--exit-ts", type=float, help="also a tracker row with this early exit threshold")
     ap.add_argument("--detect-every", type=int, default=10)
     ap.add_argument("--int8", action="store_true")
     ap.add_argument("--no-dlib-ert", action="store_true", help="leave out dlib's ERT (no compare extra)")
@@ -203,6 +209,8 @@ def main(argv=None):
     dlib_parts = None
     methods = ["tracker", "tracker, no smoothing"] if a.tracker_only else \
         ["detect + predict", "tracker", "tracker, no smoothing"]
+    if a.exit_ts is not None:
+        methods.insert(methods.index("tracker") + 1, "tracker, early exit")
     if not (a.no_dlib_ert or a.tracker_only):
         from tools.compare_dlib import dlib_model
         dlib_parts = dlib_model()
@@ -217,13 +225,17 @@ def main(argv=None):
     print(f"{len(moving)} sequences of {a.frames} frames ({n} frames) from {Path(a.data).name}; model {a.model}"
           f"{' (int8)' if a.int8 else ''}, ts {a.ts:g}, detection every {a.detect_every} frames when tracking; "
           f"smoother min_cutoff {a.min_cutoff:g} Hz, beta {a.beta:g}")
-    print("| method | NME_box % | frames lost | iterations / frame | M multiply-adds / frame | "
-          "ms / frame, 1 thread: detection, landmarks, total | 2 threads: total | frames / s (2 threads) |")
-    print("|---|---|---|---|---|---|---|---|")
+    if a.exit_ts is not None:
+        print(f"tracker, early exit: Ts = {a.exit_ts:g}")
+    print("| method | NME_box % | frames lost | iterations / frame | faces done after 1 iteration | "
+          "M multiply-adds / frame | ms / frame, 1 thread: detection, landmarks, total | 2 threads: total | "
+          "frames / s (2 threads) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name in methods:
         r1, r2 = rows[name, 1], rows.get((name, 2), rows[name, 1])
         det_ms, tot_ms = 1e3 * r1["detect_s"] / n, 1e3 * r1["total_s"] / n
-        print(f"| {name} | {100 * np.mean(r1['nme']):.3f} | {r1['lost']} | {r1['iterations'] / n:.2f} | "
+        one = f"{100 * r1['one_iteration'] / r1['faces']:.0f}%" if r1["faces"] and r1["macs"] else ""
+        print(f"| {name} | {100 * np.mean(r1['nme']):.3f} | {r1['lost']} | {r1['iterations'] / n:.2f} | {one} | "
               f"{r1['macs'] / n / 1e6:.1f} | {det_ms:.1f}, {tot_ms - det_ms:.1f}, {tot_ms:.1f} | "
               f"{1e3 * r2['total_s'] / n:.1f} | {n / r2['total_s']:.1f} |")
     still = [sequence(faces.image(int(i)), faces.landmarks[int(i)], a.frames, "still", rng) for i in picked]

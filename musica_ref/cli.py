@@ -410,7 +410,7 @@ def cmd_track(a) -> int:
             with open(tmp, "w") as fh:
                 fh.write("\n".join(lines) + "\n")
         _atomic_write(out, dump)
-    print(f"{n_frames} frames, {total_faces} tracked faces, {tracker._next_id} tracks, the detector ran on "
+    print(f"{n_frames} frames, {total_faces} tracked faces, {tracker.tracks_started} tracks, the detector ran on "
           f"{tracker.detections} frames" + (f"; wrote {out}" if out != "-" else ""), file=sys.stderr)
     return 0
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import metrics
 from .data import FaceSet
+from .errors import InputError
 
 # NME_io above this is a failure (the 300W convention)
 FAILURE_NME = 0.10
@@ -107,7 +108,6 @@ def evaluate(model, faces: FaceSet, ts: float = 0.0, tf: float | None = None, ba
     """Run `model` on every face of `faces` from its own box, `batch` faces per call, and measure it.
     progress: a progress bar on standard error."""
     if faces.n_landmarks != model.n_landmarks:
-        from .errors import InputError
         raise InputError(f"the face set has {faces.n_landmarks} landmarks a face, the model {model.n_landmarks}")
     n = len(faces)
     preds = np.zeros((n, faces.n_landmarks, 2))

@@ -131,7 +131,7 @@ class Tracker:
         """Forget every track (a new video)."""
         self.tracks: list[_Track] = []
         self.frame_index = 0
-        self._next_id = 0
+        self.tracks_started = 0                 # every track's id is the count before it: ids are never reused
         self.detections = 0                     # how many frames the detector ran on, for the record
 
     def update(self, frame, t: float | None = None) -> list:
@@ -174,8 +174,8 @@ class Tracker:
             if r.failed:
                 continue
             r.score = f.score
-            tr = _Track(self._next_id, r.landmarks, OneEuroFilter(*self._smooth))
-            self._next_id += 1
+            tr = _Track(self.tracks_started, r.landmarks, OneEuroFilter(*self._smooth))
+            self.tracks_started += 1
             known.append(tr.box())
             self.tracks.append(tr)
             results[tr.id] = r

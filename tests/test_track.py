@@ -109,7 +109,7 @@ def test_a_lost_face_is_dropped_and_found_again_with_a_new_track(model19):
     assert [f.track_id for f in tr.update(moving_face(0, 0))] == [1]
 
 
-def test_periodic_detection_adds_no_track_for_a_tracked_face_and_overlapping_tracks_merge(model19):
+def test_periodic_detection_adds_no_track_for_a_tracked_face(model19):
     det = FakeDetector(boxes=2)                                     # two boxes on the one face
     tr = Tracker(model19, detector=det, detect_every=3)
     for k in range(7):
@@ -117,6 +117,17 @@ def test_periodic_detection_adds_no_track_for_a_tracked_face_and_overlapping_tra
         assert [f.track_id for f in faces] == [0], k
     assert det.calls == 3                                           # frames 0, 3 and 6
     assert box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7) and box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0
+
+
+def test_two_tracks_on_one_face_merge_into_the_older(model19):
+    """Two tracks that come to lie on the same face (here a second one put there by hand) become one: the
+    older id stays."""
+    from musica_ref.track import _Track
+    tr = Tracker(model19, detector=FakeDetector(), detect_every=0)
+    tr.update(moving_face(0, 0))
+    tr.tracks.append(_Track(7, tr.tracks[0].raw + 1.0, OneEuroFilter()))
+    assert [f.track_id for f in tr.update(moving_face(0, 0))] == [0]
+    assert [t.id for t in tr.tracks] == [0]
 
 
 def test_smoothing_calms_a_still_face_with_sensor_noise(model19):

@@ -18,7 +18,7 @@ from .io import as_rgb, load_image, read_pts, write_pts
 from .model import MuSiCa, Result
 from .models import DEFAULT_MODEL, MODELS
 from .opcount import iteration_macs, total_macs, total_parameters
-from .track import OneEuroFilter, Tracker
+from .track import FaceSmoother, OneEuroFilter, Tracker
 from .variants import VARIANTS, Variant, custom_variant, get_variant
 from .weights import FORMAT_NAME, FORMAT_VERSION, Weights, load_weights, random_weights, save_weights
 
@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # running the model
-    "MuSiCa", "Result", "MODELS", "DEFAULT_MODEL", "detect_faces", "Face", "Tracker", "OneEuroFilter",
+    "MuSiCa", "Result", "MODELS", "DEFAULT_MODEL", "detect_faces", "Face", "Tracker", "FaceSmoother", "OneEuroFilter",
     # images and point files
     "load_image", "as_rgb", "read_pts", "write_pts",
     # weights files and variants

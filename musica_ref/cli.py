@@ -496,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tf", help="a face whose last E > tf is lost and looked for again; default: the model's own")
     t.add_argument("--detect-every", type=int, default=10, help="run the detector every K frames for new faces "
                    "(default 10; 0: only when no face is tracked)")
-    t.add_argument("--no-smoothing", action="store_true", help="landmarks as found, without the One Euro filter")
+    t.add_argument("--no-smoothing", action="store_true", help="landmarks as found, not smoothed over time")
     t.add_argument("--fps", type=float, help="the frame rate of a folder of frames (default 30)")
     t.add_argument("--max-frames", type=int, help="stop after N frames")
     t.add_argument("--int8", action="store_true", help="recurrent layers as int8")

@@ -1,7 +1,7 @@
 """Tracking faces through the frames of a video: the landmarks of one frame give the next frame's face box
 (the tight box of the landmarks, the box the models are most accurate from), so the face detector runs only
 to start, to recover a face whose estimate says it failed, and every `detect_every` frames to pick up new
-faces; a One Euro filter smooths each face's landmarks over time.
+faces; two One Euro filters smooth each face's landmarks over time, one its pose, one its shape.
 
     tracker = Tracker(MuSiCa.load("musica19"))
     for frame in frames:                       # (H, W, 3) RGB arrays (or paths), in order
@@ -18,15 +18,22 @@ from . import geometry
 from .errors import InputError
 from .io import as_rgb, image_or_path
 
-# One Euro filter defaults for landmarks measured in face sizes (sqrt(w h) of the face's box) and seconds:
-# a still face is smoothed with a 1 Hz cutoff; a face moving at one face size a second gets 1 + 8 = 9 Hz.
+# The smoother's defaults (FaceSmoother): One Euro filters on the face's pose and on its shape, in face sizes
+# (sqrt(w h) of the face's box) and seconds. A still face's pose is smoothed with a 0.5 Hz cutoff; moving at
+# one face size a second, 0.5 + 15 = 15.5 Hz. The shape (the landmarks in the face's own frame): 0.5 Hz
+# still, 8.5 Hz when its points move at a face size a second (a change of expression).
 # Chosen on moving-face sequences made from validation faces (tools/track_bench.py --tracker-only, 8 faces of
-# val_merl_aflw.h5): of the settings tried (min_cutoff, beta) = (1, 4), (1, 8), (1, 15), (1, 40), (0.5, 15),
-# (0.5, 25), (0.3, 20), the most accurate on moving faces among those that cut a still face's frame-to-frame
-# jitter at least 3 times (docs/benchmarks.md, "Tracking")
-SMOOTH_MIN_CUTOFF = 1.0
-SMOOTH_BETA = 8.0
+# val_merl_aflw.h5) by a rule fixed first: the largest cut of a still face's frame-to-frame jitter among the
+# settings that cost at most 2% of NME on moving faces and lag at most half a frame, with the shape's
+# min_cutoff >= 0.5 Hz and beta >= 8 (so that an expression is not held back by more than a frame).
+# Tried: pose (min_cutoff, beta) in (1, 8), (1, 15), (2, 15), (1, 20), (0.5, 15), (0.5, 20), (1, 30), (0.5, 30)
+# with shape (0.5, 8) and others; chosen (0.5, 15) and (0.5, 8): jitter 3.7 times less at +1.3% NME, lag 0.32
+# frames (docs/benchmarks.md, "Tracking").
+SMOOTH_MIN_CUTOFF = 0.5
+SMOOTH_BETA = 15.0
 SMOOTH_D_CUTOFF = 1.0
+SHAPE_MIN_CUTOFF = 0.5
+SHAPE_BETA = 8.0
 
 
 def _alpha(cutoff, dt):
@@ -44,8 +51,9 @@ class OneEuroFilter:
         alpha  = 1 / (1 + tau / dt),  tau = 1 / (2 pi cutoff)
         x_hat  = alpha * x + (1 - alpha) * x_hat_before
 
-    Values are in whatever unit the caller gives (the Tracker gives face sizes, so that the parameters do not
-    depend on how large the face is in the image); times in seconds."""
+    Values are in whatever unit the caller gives (FaceSmoother gives face sizes, so that the parameters do
+    not depend on how large the face is in the image); times in seconds. x may be (N, D): the speed of a
+    row is the norm of its change."""
 
     def __init__(self, min_cutoff: float = SMOOTH_MIN_CUTOFF, beta: float = SMOOTH_BETA,
                  d_cutoff: float = SMOOTH_D_CUTOFF):
@@ -56,7 +64,7 @@ class OneEuroFilter:
         self._x = self._v = self._t = None
 
     def __call__(self, x, t: float) -> np.ndarray:
-        """The filtered value of points x (N, 2) at time t (seconds, increasing)."""
+        """The filtered value of points x (N, D) at time t (seconds, increasing)."""
         x = np.asarray(x, np.float64)
         if self._x is None:
             self._x, self._v, self._t = x.copy(), np.zeros(len(x)), float(t)
@@ -74,6 +82,58 @@ class OneEuroFilter:
         return self._x.copy()
 
 
+def similarity_fit(ref, x):
+    """The similarity x ~ s R(theta) ref + t of points x (N, 2) from ref (N, 2, centred on 0), least squares:
+    (t (2,), s, theta)."""
+    t = x.mean(0)
+    xc = x - t
+    norm = float(np.sum(ref * ref)) or 1.0
+    a = float(np.sum(ref * xc)) / norm
+    b = float(np.sum(ref[:, 0] * xc[:, 1] - ref[:, 1] * xc[:, 0])) / norm
+    return t, math.hypot(a, b) or 1e-12, math.atan2(b, a)
+
+
+def _rotate(p, theta):
+    c, s = math.cos(theta), math.sin(theta)
+    return p @ np.array([[c, s], [-s, c]])
+
+
+class FaceSmoother:
+    """Temporal smoothing of one face's landmarks in two parts, each a One Euro filter: the face's pose (the
+    similarity transform, least squares, from its first landmarks: translation, scale, in-plane rotation)
+    and its shape in the face's own frame (the landmarks with the pose undone).
+
+    Why two: a face mostly moves as a whole. Fitted to 68 points, the pose carries far less noise than any
+    one point, so its filter sees the true speed and follows motion with little lag; with the pose taken out,
+    a moving face's shape stands still and can be smoothed hard, which is where a still face's jitter goes.
+    A change of expression moves the shape, whose own speed then opens its filter (shape_beta).
+
+    Units: translation in face sizes (sqrt(w h) of the first landmarks' box); scale as log(s) and rotation
+    in radians, both times 0.5 (roughly how far they move a point, in face sizes); shape in face sizes."""
+
+    def __init__(self, min_cutoff: float = SMOOTH_MIN_CUTOFF, beta: float = SMOOTH_BETA,
+                 d_cutoff: float = SMOOTH_D_CUTOFF, shape_min_cutoff: float = SHAPE_MIN_CUTOFF,
+                 shape_beta: float = SHAPE_BETA):
+        self.pose = OneEuroFilter(min_cutoff, beta, d_cutoff)
+        self.shape = OneEuroFilter(shape_min_cutoff, shape_beta, d_cutoff)
+        self.ref = None
+
+    def __call__(self, x, t: float) -> np.ndarray:
+        """The smoothed landmarks (N, 2) of landmarks x (N, 2) at time t (seconds, increasing)."""
+        x = np.asarray(x, np.float64)
+        if self.ref is None:
+            self.unit = float(np.sqrt(np.prod(np.ptp(x, axis=0)))) or 1.0
+            self.ref = (x - x.mean(0)) / self.unit
+            self.theta = 0.0
+        tr, s, theta = similarity_fit(self.ref, x)
+        theta = self.theta + (theta - self.theta + math.pi) % (2 * math.pi) - math.pi     # no jump at +-pi
+        shape = _rotate(x - tr, -theta) / s - self.ref
+        p = self.pose(np.array([[tr[0] / self.unit, tr[1] / self.unit, 0.5 * math.log(s), 0.5 * theta]]), t)[0]
+        shape = self.shape(shape, t)
+        self.theta = 2 * p[3]
+        return _rotate(self.ref + shape, self.theta) * math.exp(2 * p[2]) + p[:2] * self.unit
+
+
 def box_iou(a, b) -> float:
     """Intersection over union of two boxes (x0, y0, x1, y1)."""
     w = min(a[2], b[2]) - max(a[0], b[0])
@@ -87,9 +147,6 @@ def box_iou(a, b) -> float:
 class _Track:
     def __init__(self, track_id, landmarks, smoother):
         self.id, self.raw, self.smoother = track_id, landmarks, smoother
-        # the unit of the smoother: the face's size when the track starts, fixed (a size taken again every
-        # frame would carry its own jitter into every point, in proportion to the point's distance from 0)
-        self.unit = float(np.sqrt(np.prod(np.ptp(landmarks, axis=0)))) or 1.0
 
     def box(self):
         return geometry.tight_box(self.raw)
@@ -101,8 +158,9 @@ class Tracker:
 
     ts, tf: as in predict (tf None: the model's stored threshold); a face whose estimate says failed is dropped
         and the detector looks again in the same frame.
-    smoothing: One Euro filter on each face's landmarks (min_cutoff, beta, d_cutoff: OneEuroFilter, in face
-        sizes and seconds); the next box always comes from the unsmoothed landmarks.
+    smoothing: each face's landmarks smoothed over time (FaceSmoother: min_cutoff, beta and d_cutoff of its
+        pose, shape_min_cutoff and shape_beta of its shape; in face sizes and seconds); the next box always
+        comes from the unsmoothed landmarks.
     detect_every: the detector runs on every detect_every-th frame (and whenever no face is tracked) to pick
         up new faces; 0: only when no face is tracked.
     detector: None for dlib's (the `detect` extra) or a callable image -> boxes (musica_ref.detect).
@@ -113,18 +171,19 @@ class Tracker:
     def __init__(self, model, ts: float = 0.0, tf: float | None = None, smoothing: bool = True,
                  detect_every: int = 10, detector=None, refine: int | None = None, fps: float = 30.0,
                  min_cutoff: float = SMOOTH_MIN_CUTOFF, beta: float = SMOOTH_BETA,
-                 d_cutoff: float = SMOOTH_D_CUTOFF, new_iou: float = 0.3, merge_iou: float = 0.5):
+                 d_cutoff: float = SMOOTH_D_CUTOFF, shape_min_cutoff: float = SHAPE_MIN_CUTOFF,
+                 shape_beta: float = SHAPE_BETA, new_iou: float = 0.3, merge_iou: float = 0.5):
         from .model import DETECTED_REFINE
         if isinstance(detect_every, bool) or not isinstance(detect_every, (int, np.integer)) or detect_every < 0:
             raise InputError(f"detect_every must be an integer >= 0, got {detect_every!r}")
         if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
             raise InputError(f"fps must be a number > 0, got {fps!r}")
-        OneEuroFilter(min_cutoff, beta, d_cutoff)                  # checks the parameters now
+        FaceSmoother(min_cutoff, beta, d_cutoff, shape_min_cutoff, shape_beta)      # checks the parameters now
         self.model, self.ts, self.tf = model, ts, tf
         self.smoothing, self.detect_every, self.detector = bool(smoothing), int(detect_every), detector
         self.refine = DETECTED_REFINE if refine is None else refine
         self.fps, self.new_iou, self.merge_iou = float(fps), float(new_iou), float(merge_iou)
-        self._smooth = (min_cutoff, beta, d_cutoff)
+        self._smooth = (min_cutoff, beta, d_cutoff, shape_min_cutoff, shape_beta)
         self.reset()
 
     def reset(self):
@@ -156,7 +215,7 @@ class Tracker:
             r = results[tr.id]
             r.track_id = tr.id
             if self.smoothing:
-                r.landmarks = tr.smoother(r.landmarks / tr.unit, t) * tr.unit
+                r.landmarks = tr.smoother(r.landmarks, t)
             out.append(r)
         self.frame_index += 1
         return out
@@ -174,7 +233,7 @@ class Tracker:
             if r.failed:
                 continue
             r.score = f.score
-            tr = _Track(self.tracks_started, r.landmarks, OneEuroFilter(*self._smooth))
+            tr = _Track(self.tracks_started, r.landmarks, FaceSmoother(*self._smooth))
             self.tracks_started += 1
             known.append(tr.box())
             self.tracks.append(tr)

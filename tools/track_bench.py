@@ -43,7 +43,7 @@ import musica_ref as m                                          # noqa: E402
 from musica_ref import geometry                                 # noqa: E402
 from musica_ref.data import FaceSet                             # noqa: E402
 from musica_ref.detect import DlibDetector                      # noqa: E402
-from musica_ref.track import SMOOTH_BETA, SMOOTH_MIN_CUTOFF     # noqa: E402
+from musica_ref.track import SHAPE_BETA, SHAPE_MIN_CUTOFF, SMOOTH_BETA, SMOOTH_MIN_CUTOFF  # noqa: E402
 from tools.time_predict import machine                          # noqa: E402
 from tools.trainer.data import apply_affine, warp_affine        # noqa: E402
 
@@ -106,6 +106,12 @@ def closest(results, gt):
     return best if best is not None and nme(best.landmarks, gt) <= LOST else None
 
 
+def smooth_args(args):
+    """The Tracker's smoother settings from the command line."""
+    return {"min_cutoff": args.min_cutoff, "beta": args.beta, "shape_min_cutoff": args.shape_min_cutoff,
+            "shape_beta": args.shape_beta}
+
+
 def run_method(name, seqs, model, args, dlib_parts):
     """One method over every sequence: dict of totals."""
     tot = {"nme": [], "lost": 0, "frames": 0, "iterations": 0, "macs": 0, "detect_s": 0.0, "total_s": 0.0,
@@ -116,7 +122,7 @@ def run_method(name, seqs, model, args, dlib_parts):
         tracker = None
         if name.startswith("tracker"):
             tracker = m.Tracker(model, ts=ts, detector=det, detect_every=args.detect_every,
-                                smoothing=name != "tracker, no smoothing", min_cutoff=args.min_cutoff, beta=args.beta)
+                                smoothing=name != "tracker, no smoothing", **smooth_args(args))
         for frame, gt in zip(frames, truths):
             t0 = time.perf_counter()
             if tracker is not None:
@@ -156,7 +162,7 @@ def jitter(seqs, model, args):
         for name in out:
             if name.startswith("tracker"):
                 tr = m.Tracker(model, ts=args.ts, detector=DlibDetector(), detect_every=0,
-                               smoothing=name == "tracker, smoothing", min_cutoff=args.min_cutoff, beta=args.beta)
+                               smoothing=name == "tracker, smoothing", **smooth_args(args))
                 pts = [tr.update(f) for f in frames]
                 pts = [closest(r, g) for r, g in zip(pts, truths)]
                 if any(p is None for p in pts):
@@ -176,7 +182,7 @@ def lag(seqs, model, args):
         b = geometry.tight_box(truths[0])
         speed = math.sqrt((b[2] - b[0]) * (b[3] - b[1])) / 60                # px a frame (motion 'slide')
         a = m.Tracker(model, ts=args.ts, detector=DlibDetector(), detect_every=0, smoothing=True,
-                      min_cutoff=args.min_cutoff, beta=args.beta)
+                      **smooth_args(args))
         r = m.Tracker(model, ts=args.ts, detector=DlibDetector(), detect_every=0, smoothing=False)
         for k, f in enumerate(frames):
             sa, sr = a.update(f), r.update(f)
@@ -197,8 +203,10 @@ def main(argv=None):
     ap.add_argument("--int8", action="store_true")
     ap.add_argument("--no-dlib-ert", action="store_true", help="leave out dlib's ERT (no compare extra)")
     ap.add_argument("--tracker-only", action="store_true", help="only the tracker's rows (to tune the smoother)")
-    ap.add_argument("--min-cutoff", type=float, default=SMOOTH_MIN_CUTOFF, help="the smoother's (Hz)")
-    ap.add_argument("--beta", type=float, default=SMOOTH_BETA, help="the smoother's (per face size a second)")
+    ap.add_argument("--min-cutoff", type=float, default=SMOOTH_MIN_CUTOFF, help="the pose smoother's (Hz)")
+    ap.add_argument("--beta", type=float, default=SMOOTH_BETA, help="the pose smoother's (per face size a second)")
+    ap.add_argument("--shape-min-cutoff", type=float, default=SHAPE_MIN_CUTOFF, help="the shape smoother's (Hz)")
+    ap.add_argument("--shape-beta", type=float, default=SHAPE_BETA, help="the shape smoother's")
     a = ap.parse_args(argv)
     model = m.MuSiCa.load(a.model, recurrent="int8" if a.int8 else "stored")
     faces = FaceSet(a.data)
@@ -224,7 +232,8 @@ def main(argv=None):
     n = sum(len(f) for f, _ in moving)
     print(f"{len(moving)} sequences of {a.frames} frames ({n} frames) from {Path(a.data).name}; model {a.model}"
           f"{' (int8)' if a.int8 else ''}, ts {a.ts:g}, detection every {a.detect_every} frames when tracking; "
-          f"smoother min_cutoff {a.min_cutoff:g} Hz, beta {a.beta:g}")
+          f"smoother: pose min_cutoff {a.min_cutoff:g} Hz, beta {a.beta:g}; shape {a.shape_min_cutoff:g} Hz, "
+          f"{a.shape_beta:g}")
     if a.exit_ts is not None:
         print(f"tracker, early exit: Ts = {a.exit_ts:g}")
     print("| method | NME_box % | frames lost | iterations / frame | faces done after 1 iteration | "

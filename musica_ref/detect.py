@@ -85,7 +85,11 @@ def detect_faces(image, detector=None) -> list[Face]:
     H, W = rgb.shape[:2]
     faces = []
     for k, item in enumerate(det(rgb)):
-        vals = [float(v) for v in item]
+        try:
+            vals = [float(v) for v in item]
+        except (TypeError, ValueError):
+            raise InputError(f"the detector's box {k} is not a sequence of numbers x0, y0, x1, y1[, score]: "
+                             f"{item!r:.80}") from None
         if len(vals) not in (4, 5):
             raise InputError(f"the detector's box {k} has {len(vals)} numbers; expected x0, y0, x1, y1[, score]")
         x0, y0, x1, y1 = vals[:4]

@@ -37,8 +37,9 @@ SHAPE_BETA = 8.0
 
 
 def _alpha(cutoff, dt):
-    """The smoothing factor of a first-order low-pass filter with this cutoff (Hz) for a step of dt seconds."""
-    tau = 1.0 / (2.0 * math.pi * cutoff)
+    """The smoothing factor of a first-order low-pass filter with this cutoff (Hz, a number or an array) for
+    a step of dt seconds."""
+    tau = 1.0 / (2.0 * math.pi * np.asarray(cutoff, np.float64))
     return 1.0 / (1.0 + tau / dt)
 
 
@@ -76,7 +77,7 @@ class OneEuroFilter:
         a_d = _alpha(self.d_cutoff, dt)
         self._v = a_d * speed + (1 - a_d) * self._v
         cutoff = self.min_cutoff + self.beta * self._v
-        a = np.array([_alpha(c, dt) for c in cutoff])[:, None]
+        a = _alpha(cutoff, dt)[:, None]
         self._x = a * x + (1 - a) * self._x
         self._t = float(t)
         return self._x.copy()

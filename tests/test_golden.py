@@ -5,7 +5,6 @@ Tolerances per tensor, relative to the tensor's largest magnitude (float32 engin
 reference): pyramid levels 1e-5 (the same float32 code; only the machine may differ), patches and network
 intermediates 1e-4, landmarks 2e-3 level-0 pixels, error estimates 1e-4, patch centres 2e-3 px.
 """
-from pathlib import Path
 
 import h5py
 import numpy as np

@@ -8,7 +8,7 @@ import pytest
 import musica_ref as m
 from tools import analyses, evaluate, peak_memory, time_predict
 
-from conftest import synthetic_folder
+from conftest import EXAMPLE, EXAMPLE_BOX, synthetic_folder
 
 
 def test_evaluate_and_analyses_on_a_synthetic_set(tmp_path, capsys):
@@ -138,3 +138,17 @@ def test_track_bench_runs_on_real_faces(shared_data, capsys):
                       "--no-dlib-ert"])
     out = capsys.readouterr().out
     assert "| tracker |" in out and "| detect + predict |" in out and "jitter" in out and "lag" in out
+
+
+def test_track_warm_start_runs_and_its_full_way_is_the_tracker(shared_data, capsys):
+    """The experiment's 'full' way is what predict gives on the same box, bit for bit."""
+    pytest.importorskip("dlib", reason='the experiment picks faces the detector finds: pip install ".[detect]"')
+    from tools import track_warm_start
+    model = m.MuSiCa.load("musica19")
+    image = m.load_image(EXAMPLE)
+    got, states = track_warm_start.run_from(model, image, EXAMPLE_BOX, None, None, 0)
+    np.testing.assert_array_equal(got, model.predict(image, EXAMPLE_BOX).landmarks)
+    assert sorted(states) == [0, 1, 2] and not states[0].any()
+    track_warm_start.main(["--data", str(shared_data / "val_merl_aflw.h5"), "--faces", "1", "--frames", "4"])
+    out = capsys.readouterr().out
+    assert "| full (the Tracker) |" in out and "| from iteration 2, previous state |" in out

@@ -47,7 +47,7 @@ import numba                                                    # noqa: E402
 from numba import njit, prange                                  # noqa: E402
 
 import musica_ref as m                                          # noqa: E402
-from musica_ref import geometry, opcount                        # noqa: E402
+from musica_ref import opcount                                  # noqa: E402
 from musica_ref.network import HIDDEN, iteration_forward        # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "face.png"

@@ -115,6 +115,7 @@ def smooth_args(args):
 def run_method(name, seqs, model, args, dlib_parts):
     """One method over every sequence: dict of totals."""
     tot = {"nme": [], "lost": 0, "frames": 0, "iterations": 0, "macs": 0, "detect_s": 0.0, "total_s": 0.0,
+           "per_face_s": [],
            "faces": 0, "one_iteration": 0}
     ts = args.exit_ts if name.endswith("early exit") else args.ts
     for frames, truths in seqs:
@@ -124,7 +125,7 @@ def run_method(name, seqs, model, args, dlib_parts):
             tracker = m.Tracker(model, ts=ts, detector=det, detect_every=args.detect_every,
                                 smoothing=name != "tracker, no smoothing", **smooth_args(args))
         for frame, gt in zip(frames, truths):
-            t0 = time.perf_counter()
+            t0, d0 = time.perf_counter(), det.seconds
             if tracker is not None:
                 results = tracker.update(frame)
             elif name == "detect + predict":
@@ -138,7 +139,10 @@ def run_method(name, seqs, model, args, dlib_parts):
                     shape = predictor(frame, dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
                     results.append(m.Result(np.array([[p.x, p.y] for p in shape.parts()], float), np.zeros(1),
                                             0, False, 0, np.zeros((1, 68, 2))))
-            tot["total_s"] += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            tot["total_s"] += dt
+            if len(results) == 1:                     # one face: the frame's time less the detector's
+                tot["per_face_s"].append(dt - (det.seconds - d0))
             tot["frames"] += 1
             r = closest(results, gt)
             if r is None:
@@ -191,6 +195,34 @@ def lag(seqs, model, args):
     return float(np.mean(lags)) if lags else float("nan")
 
 
+def profile(seq, model, args, rounds=5):
+    """Print where the time of a tracked face goes (cProfile, own time per call, 1 thread)."""
+    import cProfile
+    import pstats
+    frames, truths = seq
+    numba.set_num_threads(1)
+    box = geometry.tight_box(truths[0])
+    tracker = m.Tracker(model, ts=args.ts, detector=lambda im: [box], detect_every=0, **smooth_args(args))
+    tracker.update(frames[0])
+    for f in frames[1:]:                                         # compiled and warm before profiling
+        tracker.update(f)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(rounds):
+        for f in frames:
+            tracker.update(f)
+    prof.disable()
+    calls = rounds * len(frames)
+    stats = pstats.Stats(prof).stats
+    total = sum(v[2] for v in stats.values())
+    print(f"one tracked face ({args.model}, {np.ptp(truths[0], axis=0).round().tolist()} px), 1 thread, cProfile, "
+          f"{calls} frames: {1e3 * total / calls:.2f} ms a frame (with cProfile's own cost); own time per frame:")
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:12]
+    for (file, line, name), v in rows:
+        print(f"  {1e3 * v[2] / calls:6.3f} ms  {Path(file).name}:{name}")
+    print(f"machine: {machine()}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="an annotated set with 68 points (test_aflw2000.h5)")
@@ -205,6 +237,8 @@ def main(argv=None):
     ap.add_argument("--tracker-only", action="store_true", help="only the tracker's rows (to tune the smoother)")
     ap.add_argument("--min-cutoff", type=float, default=SMOOTH_MIN_CUTOFF, help="the pose smoother's (Hz)")
     ap.add_argument("--beta", type=float, default=SMOOTH_BETA, help="the pose smoother's (per face size a second)")
+    ap.add_argument("--profile", action="store_true",
+                    help="only where a tracked face's time goes: cProfile of the tracker on one sequence, 1 thread")
     ap.add_argument("--shape-min-cutoff", type=float, default=SHAPE_MIN_CUTOFF, help="the shape smoother's (Hz)")
     ap.add_argument("--shape-beta", type=float, default=SHAPE_BETA, help="the shape smoother's")
     a = ap.parse_args(argv)
@@ -214,6 +248,8 @@ def main(argv=None):
     probe = DlibDetector()
     picked = [i for i in rng.permutation(len(faces))[:8 * a.faces] if probe(faces.image(int(i)))][:a.faces]
     moving = [sequence(faces.image(int(i)), faces.landmarks[int(i)], a.frames, "move", rng) for i in picked]
+    if a.profile:
+        return profile(moving[0], model, a)
     dlib_parts = None
     methods = ["tracker", "tracker, no smoothing"] if a.tracker_only else \
         ["detect + predict", "tracker", "tracker, no smoothing"]
@@ -238,15 +274,16 @@ def main(argv=None):
         print(f"tracker, early exit: Ts = {a.exit_ts:g}")
     print("| method | NME_box % | frames lost | iterations / frame | faces done after 1 iteration | "
           "M multiply-adds / frame | ms / frame, 1 thread: detection, landmarks, total | 2 threads: total | "
-          "frames / s (2 threads) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "frames / s (2 threads) | ms per face, landmarks, 1 thread (median) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in methods:
         r1, r2 = rows[name, 1], rows.get((name, 2), rows[name, 1])
         det_ms, tot_ms = 1e3 * r1["detect_s"] / n, 1e3 * r1["total_s"] / n
         one = f"{100 * r1['one_iteration'] / r1['faces']:.0f}%" if r1["faces"] and r1["macs"] else ""
         print(f"| {name} | {100 * np.mean(r1['nme']):.3f} | {r1['lost']} | {r1['iterations'] / n:.2f} | {one} | "
               f"{r1['macs'] / n / 1e6:.1f} | {det_ms:.1f}, {tot_ms - det_ms:.1f}, {tot_ms:.1f} | "
-              f"{1e3 * r2['total_s'] / n:.1f} | {n / r2['total_s']:.1f} |")
+              f"{1e3 * r2['total_s'] / n:.1f} | {n / r2['total_s']:.1f} | "
+              f"{1e3 * np.median(r1['per_face_s']):.2f} |")
     still = [sequence(faces.image(int(i)), faces.landmarks[int(i)], a.frames, "still", rng) for i in picked]
     j = jitter(still, model, a)
     print("jitter on still faces with sensor noise (sigma 4), % of the box: " +
@@ -254,7 +291,8 @@ def main(argv=None):
     slide = [sequence(faces.image(int(i)), faces.landmarks[int(i)], a.frames, "slide", rng) for i in picked]
     print(f"lag of the smoothed landmarks on faces moving at a constant speed (1/60 of the box a frame): "
           f"{lag(slide, model, a):.2f} frames")
-    print(f"machine: {machine()}")
+    numba.set_num_threads(1)
+    print(f"machine: {machine()} (the table: 1 and 2 threads, as its columns say)")
 
 
 if __name__ == "__main__":

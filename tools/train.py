@@ -370,7 +370,7 @@ def main(argv=None):
         export(val_nme)
         exported_epoch = epoch
     if exported_epoch is None:
-        print(f"no epoch completed in this run; nothing exported (a longer --minutes is needed)", flush=True)
+        print("no epoch completed in this run; nothing exported (a longer --minutes is needed)", flush=True)
     else:
         print(f"{a.out} holds epoch {exported_epoch}; {(time.time() - t_start) / 60:.1f} min", flush=True)
 

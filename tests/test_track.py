@@ -187,7 +187,9 @@ def test_a_lost_face_is_dropped_and_found_again_with_a_new_track(model19):
 
 def test_periodic_detection_adds_no_track_for_a_tracked_face(model19):
     det = FakeDetector(boxes=2)                                     # two boxes on the one face
-    tr = Tracker(model19, detector=det, detect_every=3)
+    # tf infinite: this is about the detector's boxes only (the drawn face's estimates sit near musica19's
+    # threshold, and a drop would add a track; dropping is tested above)
+    tr = Tracker(model19, detector=det, detect_every=3, tf=float("inf"))
     for k in range(7):
         faces = tr.update(moving_face(0, 0))
         assert [f.track_id for f in faces] == [0], k
@@ -201,7 +203,7 @@ def test_two_tracks_on_one_face_merge_into_the_older(model19):
     from musica_ref.track import _Track
     tr = Tracker(model19, detector=FakeDetector(), detect_every=0)
     tr.update(moving_face(0, 0))
-    tr.tracks.append(_Track(7, tr.tracks[0].raw + 1.0, FaceSmoother()))
+    tr.tracks.append(_Track(7, tr.tracks[0].landmarks + 1.0, FaceSmoother()))
     assert [f.track_id for f in tr.update(moving_face(0, 0))] == [0]
     assert [t.id for t in tr.tracks] == [0]
 

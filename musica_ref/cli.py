@@ -180,8 +180,6 @@ def cmd_predict(a) -> int:
     ts = _threshold(a.ts, "ts") or 0.0
     given = [_parse_box(b) for b in a.box] if a.box else [tight_box(read_pts(a.pts)).tolist()] if a.pts else None
     model = MuSiCa.load(weights_path, recurrent="int8" if a.int8 else "stored")
-    from .warmup import cache_is_cold
-    cold = cache_is_cold()
     if given is None:                                   # detection: fail now, not after loading the first image
         from .detect import default_detector
         default_detector()
@@ -192,11 +190,6 @@ def cmd_predict(a) -> int:
     for k, path in enumerate(images):
         try:
             image = load_image(path)
-            if cold:                                    # once, just before the first prediction compiles
-                print("musica-ref: compiling the Numba kernels for this CPU (once per environment; later runs "
-                      "load them from the cache; `musica-ref warmup` does it ahead) ...", file=sys.stderr,
-                      flush=True)
-                cold = False
             if given is not None:
                 results = model.predict_batch(image, given, ts=ts, tf=tf, refine=a.refine or 0)
             else:
@@ -543,6 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _say_compiling():
+    print("musica-ref: compiling the Numba kernels for this CPU (once per environment and kind of input; later "
+          "runs load them from the cache; `musica-ref warmup` does it ahead) ...", file=sys.stderr, flush=True)
+
+
 def _glue_negative_boxes(argv):
     """`--box -10,-10,50,50` as `--box=-10,-10,50,50`: argparse takes a value starting with '-' for an option."""
     out, k = [], 0
@@ -561,8 +559,12 @@ def main(argv=None) -> int:
     # many times slower (docs/benchmarks.md). Passive waiting avoids it; a value the user set wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(_glue_negative_boxes(sys.argv[1:] if argv is None else list(argv)))
+    from .warmup import compile_notice
     try:
-        return args.func(args)
+        if args.func is cmd_warmup:                 # says what it compiles itself
+            return args.func(args)
+        with compile_notice(_say_compiling):        # one line when a kernel starts to compile, if one does
+            return args.func(args)
     except MusicaError as exc:
         print(f"musica-ref: error: {exc}", file=sys.stderr)
         return 2

@@ -6,10 +6,10 @@ path the model has, so that no later call compiles.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
+from numba.core import event
 
 
 def _dispatchers():
@@ -19,15 +19,29 @@ def _dispatchers():
     return [f for mod in kernels.MODULES for f in vars(mod).values() if isinstance(f, CPUDispatcher)]
 
 
-def cache_is_cold() -> bool:
-    """Whether no kernel is in Numba's disk cache yet: a new environment, whose first prediction compiles
-    them all. (A later first use of another path, e.g. int8, compiles a few more, quickly.)"""
-    for f in _dispatchers():
-        cache = getattr(f, "_cache", None)
-        index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
-        if index is not None and os.path.exists(index):
-            return False
-    return True
+class CompileNotice(event.Listener):
+    """Calls say() once, when a kernel of this package starts to compile: the first call of a new
+    environment, and any later first use of another path (another image type, int8 layers); a call that
+    finds every kernel it needs in Numba's disk cache says nothing. Numba reports a compile only when
+    one happens, never for a kernel loaded from the cache."""
+
+    def __init__(self, say):
+        self.say, self.said = say, False
+
+    def on_start(self, ev):
+        func = getattr(ev.data.get("dispatcher"), "py_func", None)
+        if not self.said and getattr(func, "__module__", "").startswith(__package__ + ".kernels"):
+            self.said = True
+            self.say()
+
+    def on_end(self, ev):
+        pass
+
+
+def compile_notice(say):
+    """A context manager: while it is open, say() is called once if one of the package's kernels starts
+    to compile."""
+    return event.install_listener("numba:compile", CompileNotice(say))
 
 
 def compile_all(progress=print) -> float:

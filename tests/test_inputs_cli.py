@@ -1,6 +1,5 @@
 """Bad input to predict and to the command line: a clear error, never a crash or a NaN."""
 import json
-import os
 import subprocess
 import sys
 
@@ -292,26 +291,69 @@ def test_paths_and_bgr_arrays(model, tmp_path):
         model.predict(img, BOX, channels="rgba")
 
 
-def test_a_cold_cache_is_noticed_and_warmup_compiles_everything(tmp_path, capsys):
-    code = "from musica_ref.warmup import cache_is_cold; print(cache_is_cold())"
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "empty"))
-    cold = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
-    assert cold.stdout.strip() == "True", cold.stderr
+def test_the_compile_notice_comes_when_a_kernel_compiles_and_only_then():
+    """Numba reports real compiles only (a kernel loaded from the disk cache is silent): the notice fires
+    once, for the package's kernels only. Fresh functions without a cache compile for real here."""
+    from numba import njit
+    from musica_ref.warmup import compile_notice
+
+    def ours(x):
+        return x + 1
+    ours.__module__ = "musica_ref.kernels.layers"         # as if it were one of the package's kernels
+
+    def theirs(x):
+        return x - 1
+    said = []
+    with compile_notice(lambda: said.append(1)):
+        njit(theirs)(1)
+        assert said == []
+        njit(ours)(1)
+        njit(ours)(1.5)                                     # a second compile: no second notice
+    assert said == [1]
+    njit(ours)(2)                                           # the context is closed
+    assert said == [1]
+
+
+def test_after_warmup_nothing_compiles(capsys):
+    """`musica-ref warmup` leaves no kernel to compile for any path the model has, nor for a grayscale or
+    16-bit photo, a large image or a detected face."""
+    from musica_ref.warmup import compile_all, compile_notice
     assert cli.main(["warmup"]) == 0
     assert "every kernel compiled or loaded from the cache" in capsys.readouterr().err
-    from musica_ref.warmup import cache_is_cold
-    assert not cache_is_cold()                          # this process's cache folder now holds the kernels
+    said = []
+    with compile_notice(lambda: said.append(1)):
+        compile_all(progress=lambda msg: None)
+        model = m.MuSiCa.load("musica19")
+        rng = np.random.default_rng(3)
+        for image in (rng.integers(0, 256, (700, 1300), dtype=np.uint8),
+                      rng.integers(0, 65536, (90, 120, 3), dtype=np.uint16)):
+            model.predict(image, (20, 20, 80, 85))
+    assert said == []
 
 
 def test_the_compile_notice_comes_once_before_the_first_prediction(capsys, monkeypatch, tmp_path, weights_file):
-    from musica_ref import warmup
-    monkeypatch.setattr(warmup, "cache_is_cold", lambda: True)
+    """The command line opens the notice around its work: a kernel that starts to compile (here an event
+    like Numba's, sent from inside the prediction) prints one line first, once."""
+    from numba.core import event
+    from musica_ref import kernels, model as model_module
+    real = model_module.MuSiCa.predict_batch
+
+    def compiling(self, *args, **kw):
+        for _ in range(2):
+            with event.trigger_event("numba:compile", data={"dispatcher": kernels.relu, "args": (),
+                                                            "return_type": None}):
+                pass
+        return real(self, *args, **kw)
     code, _, err = run(capsys, "predict", EXAMPLE, EXAMPLE, "--box", "92,112,228,236", "--weights", weights_file)
     lines = err.splitlines()
     assert code == 2 and "--box and --pts are for one image" in err and len(lines) == 1   # nothing ran
+    monkeypatch.setattr(model_module.MuSiCa, "predict_batch", compiling)
     code, _, err = run(capsys, "predict", EXAMPLE, "--box", "92,112,228,236", "--weights", weights_file)
     lines = err.splitlines()
     assert code == 0 and lines[0].startswith("musica-ref: compiling the Numba kernels") and len(lines) == 2
+    monkeypatch.setattr(model_module.MuSiCa, "predict_batch", real)
+    code, _, err = run(capsys, "predict", EXAMPLE, "--box", "92,112,228,236", "--weights", weights_file)
+    assert code == 0 and "compiling" not in err                                   # nothing compiled
     code, _, err = run(capsys, "predict", tmp_path / "none.png", "--box", "1,1,5,5", "--weights", weights_file)
     assert code == 2 and err.count("\n") == 1 and "does not exist" in err     # an error stays one line
 

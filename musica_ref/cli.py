@@ -74,8 +74,14 @@ def _check_writable(path):
 
 def _atomic_write(path, write):
     """Write a file through a temporary one in the same folder, renamed into place when complete: an
-    error leaves nothing half written. write(tmp_path) does the writing."""
+    error leaves nothing half written. write(tmp_path) does the writing. A path that exists and is not a
+    regular file (/dev/null, a named pipe) is written directly: renaming onto it would replace it."""
     _check_writable(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        try:
+            return write(path)
+        except OSError as exc:
+            raise InputError(f"cannot write {path!r}: {exc.strerror or exc}") from None
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".musica-ref-", suffix=os.path.splitext(path)[1])
     os.close(fd)
@@ -115,6 +121,9 @@ def _plan_outputs(a, images):
     elif os.path.splitext(out)[1] and not os.path.isdir(out):
         raise InputError(f"--out must be FILE.json, FILE.pts, a folder (one .pts per face) or - (JSON to "
                          f"standard output), got {out!r}")
+    elif os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"--out {out!r} exists and is not a folder; give FILE.json, FILE.pts, a folder (one "
+                         f".pts per face) or - (JSON to standard output)")
     else:
         pts_dir = out
     if overlay is not None:
@@ -124,6 +133,9 @@ def _plan_outputs(a, images):
             overlay_of, overlay_file = {images[0]: overlay}, overlay
         elif os.path.splitext(overlay)[1] and not os.path.isdir(overlay):
             raise InputError(f"--overlay must end in .png or .jpg, or be a folder, got {overlay!r}")
+        elif os.path.exists(overlay) and not os.path.isdir(overlay):
+            raise InputError(f"--overlay {overlay!r} exists and is not a folder; give FILE.png, FILE.jpg or a "
+                             f"folder")
         else:
             overlay_of = {p: os.path.join(overlay, os.path.splitext(os.path.basename(p))[0] + ".png")
                           for p in images}

@@ -1,5 +1,6 @@
 """Bad input to predict and to the command line: a clear error, never a crash or a NaN."""
 import json
+import os
 import subprocess
 import sys
 
@@ -391,3 +392,30 @@ def test_only_the_faces_region_is_converted(model):
     finally:
         tracemalloc.stop()
     assert peak < 0.25 * f64.size * 4, peak
+
+
+def test_an_existing_file_without_an_extension_is_no_output_folder(capsys, tmp_path, weights_file):
+    """--out /dev/null (or any existing file that is not .json or .pts) and --overlay onto a file that is not
+    an image: one line, nothing written (it was a traceback from making the folder)."""
+    plain = tmp_path / "results"
+    plain.write_bytes(b"keep")
+    for args, words in ((["--out", os.devnull], "is not a folder"), (["--out", plain], "is not a folder"),
+                        (["--overlay", plain], "is not a folder")):
+        code, _, err = run(capsys, "predict", EXAMPLE, "--box", "92,112,228,236", "--weights", weights_file, *args)
+        assert code == 2 and err.count("\n") == 1 and words in err, err
+    assert plain.read_bytes() == b"keep"
+
+
+def test_outputs_onto_a_pipe_or_device_are_written_into_it_not_replaced(tmp_path):
+    """Renaming a finished temporary file onto a named pipe (or /dev/null) would replace it: such a path is
+    written directly."""
+    import stat
+    import threading
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo).read()), daemon=True)
+    reader.start()
+    cli._atomic_write(str(fifo), lambda p: open(p, "w").write("{}\n"))
+    reader.join(10)
+    assert got == ["{}\n"] and stat.S_ISFIFO(os.stat(fifo).st_mode)

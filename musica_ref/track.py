@@ -20,7 +20,7 @@ from .io import as_rgb, image_or_path
 
 # The smoother's defaults (FaceSmoother): One Euro filters on the face's pose and on its shape, in face sizes
 # (sqrt(w h) of the face's box) and seconds. A still face's pose is smoothed with a 0.3 Hz cutoff; moving at
-# one face size a second, 0.3 + 15 = 15.3 Hz (however fast it moves, it trails by at most 1 / (2 pi beta),
+# one face size a second, 0.3 + 15 = 15.3 Hz (at any steady speed it trails by less than 1 / (2 pi beta),
 # 1% of its size). The shape (the landmarks in the face's own frame): 0.5 Hz still, 8.5 Hz when its points
 # move at a face size a second (a change of expression).
 # Chosen on moving-face sequences made from validation faces (tools/track_bench.py --tracker-only, 8 faces of

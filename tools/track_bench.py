@@ -15,11 +15,13 @@ first frame are used. Nothing is saved. Methods, on the same frames:
 - dlib: dlib's detector and its ERT 68-point shape predictor on every frame (`compare` extra).
 
 Reported per method: NME_box over the frames with a face (% of sqrt(w h) of the ground truth's tight box),
-frames with no face near the truth (lost), mean iterations and multiply-adds per frame, milliseconds per
-frame (detection, landmarks, total) on 1 and 2 threads. Then, on still faces with sensor noise only, the
-jitter: how far the landmarks move from one frame to the next (root mean square over landmarks and frames,
-% of the box, from the sixth frame on), for the tracker with and without smoothing and for predict on the
-fixed true box; and on faces moving at a constant speed, the smoother's lag (frames). Prints the machine.
+frames with no face near the truth (lost) and how many times the face was found again after them, mean
+iterations and multiply-adds per frame, milliseconds per frame (detection, landmarks, total) on 1 and 2
+threads, and per face (the median frame with one face, less the detector's time). Then, on still faces
+with sensor noise only, the jitter: how far the landmarks move from one frame to the next (root mean
+square over landmarks and frames, % of the box, from the sixth frame on), for the tracker with and without
+smoothing and for predict on the fixed true box; and on faces moving at a constant speed, the smoother's
+lag (frames). Prints the machine.
 """
 from __future__ import annotations
 
@@ -114,9 +116,8 @@ def smooth_args(args):
 
 def run_method(name, seqs, model, args, dlib_parts):
     """One method over every sequence: dict of totals."""
-    tot = {"nme": [], "lost": 0, "frames": 0, "iterations": 0, "macs": 0, "detect_s": 0.0, "total_s": 0.0,
-           "per_face_s": [],
-           "faces": 0, "one_iteration": 0}
+    tot = {"nme": [], "lost": 0, "recovered": 0, "frames": 0, "iterations": 0, "macs": 0, "detect_s": 0.0,
+           "total_s": 0.0, "per_face_s": [], "faces": 0, "one_iteration": 0}
     ts = args.exit_ts if name.endswith("early exit") else args.ts
     for frames, truths in seqs:
         det = Timed(DlibDetector())
@@ -124,6 +125,7 @@ def run_method(name, seqs, model, args, dlib_parts):
         if name.startswith("tracker"):
             tracker = m.Tracker(model, ts=ts, detector=det, detect_every=args.detect_every,
                                 smoothing=name != "tracker, no smoothing", **smooth_args(args))
+        lost = False
         for frame, gt in zip(frames, truths):
             t0, d0 = time.perf_counter(), det.seconds
             if tracker is not None:
@@ -147,7 +149,10 @@ def run_method(name, seqs, model, args, dlib_parts):
             r = closest(results, gt)
             if r is None:
                 tot["lost"] += 1
+                lost = True
                 continue
+            tot["recovered"] += lost                  # found again after lost frames
+            lost = False
             tot["nme"].append(nme(r.landmarks, gt))
             tot["iterations"] += sum(x.iterations for x in results)
             tot["macs"] += sum(x.multiply_adds for x in results)
@@ -272,7 +277,8 @@ def main(argv=None):
           f"{a.shape_beta:g}")
     if a.exit_ts is not None:
         print(f"tracker, early exit: Ts = {a.exit_ts:g}")
-    print("| method | NME_box % | frames lost | iterations / frame | faces done after 1 iteration | "
+    print("| method | NME_box % | frames lost (found again after) | iterations / frame | "
+          "faces done after 1 iteration | "
           "M multiply-adds / frame | ms / frame, 1 thread: detection, landmarks, total | 2 threads: total | "
           "frames / s (2 threads) | ms per face, landmarks, 1 thread (median) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -280,7 +286,8 @@ def main(argv=None):
         r1, r2 = rows[name, 1], rows.get((name, 2), rows[name, 1])
         det_ms, tot_ms = 1e3 * r1["detect_s"] / n, 1e3 * r1["total_s"] / n
         one = f"{100 * r1['one_iteration'] / r1['faces']:.0f}%" if r1["faces"] and r1["macs"] else ""
-        print(f"| {name} | {100 * np.mean(r1['nme']):.3f} | {r1['lost']} | {r1['iterations'] / n:.2f} | {one} | "
+        print(f"| {name} | {100 * np.mean(r1['nme']):.3f} | {r1['lost']} ({r1['recovered']}) | "
+              f"{r1['iterations'] / n:.2f} | {one} | "
               f"{r1['macs'] / n / 1e6:.1f} | {det_ms:.1f}, {tot_ms - det_ms:.1f}, {tot_ms:.1f} | "
               f"{1e3 * r2['total_s'] / n:.1f} | {n / r2['total_s']:.1f} | "
               f"{1e3 * np.median(r1['per_face_s']):.2f} |")

@@ -152,3 +152,12 @@ def test_track_warm_start_runs_and_its_full_way_is_the_tracker(shared_data, caps
     track_warm_start.main(["--data", str(shared_data / "val_merl_aflw.h5"), "--faces", "1", "--frames", "4"])
     out = capsys.readouterr().out
     assert "| full (the Tracker) |" in out and "| from iteration 2, previous state |" in out
+
+
+def test_compile_time_reports_the_first_predict(capsys):
+    """With the tests' warm cache the child loads the kernels (an empty cache would compile for 30 s)."""
+    import os
+    from tools import compile_time
+    compile_time.main(["--model", "musica19", "--top", "3", "--cache", os.environ["NUMBA_CACHE_DIR"]])
+    out = capsys.readouterr().out
+    assert "first predict of one face (musica19), that cache:" in out and "machine:" in out

@@ -31,7 +31,8 @@ from .io import as_rgb, image_or_path
 # (0.3, 15), (0.3, 20), (0.5, 8), (0.5, 15), (1, 8), shape (0.5, 8); chosen (0.3, 15): jitter 5.5 times less
 # at +0.75% NME, lag 0.32 frames. (Earlier, with the box from the unsmoothed landmarks: pose (1, 8), (1, 15),
 # (2, 15), (1, 20), (0.5, 15), (0.5, 20), (1, 30), (0.5, 30), and shape (0.5, 8), (0.3, 4), (0.2, 2), (1, 8),
-# (0.5, 12); the best there cut the jitter 3.7 times at +1.3%.)
+# (0.5, 12); the best there, (0.5, 15), cut the jitter 3.7 times at +1.3%; the box from the smoothed
+# landmarks alone took it to 4.8 times, NME 5.228% against 5.267%.)
 SMOOTH_MIN_CUTOFF = 0.3
 SMOOTH_BETA = 15.0
 SMOOTH_D_CUTOFF = 1.0
@@ -120,7 +121,9 @@ class FaceSmoother:
                  shape_beta: float = SHAPE_BETA):
         self.pose = OneEuroFilter(min_cutoff, beta, d_cutoff)
         self.shape = OneEuroFilter(shape_min_cutoff, shape_beta, d_cutoff)
-        self.ref = None
+        self.ref = None          # the first landmarks, centred, in face sizes (set by the first call)
+        self.unit = 1.0          # the face size of the first landmarks (px)
+        self.theta = 0.0         # the last smoothed angle, against which a new one is unwrapped
 
     def __call__(self, x, t: float) -> np.ndarray:
         """The smoothed landmarks (N, 2) of landmarks x (N, 2) at time t (seconds, increasing)."""
@@ -128,7 +131,6 @@ class FaceSmoother:
         if self.ref is None:
             self.unit = float(np.sqrt(np.prod(np.ptp(x, axis=0)))) or 1.0
             self.ref = (x - x.mean(0)) / self.unit
-            self.theta = 0.0
         tr, s, theta = similarity_fit(self.ref, x)
         theta = self.theta + (theta - self.theta + math.pi) % (2 * math.pi) - math.pi     # no jump at +-pi
         shape = _rotate(x - tr, -theta) / s - self.ref
@@ -165,8 +167,7 @@ class Tracker:
     smoothing: each face's landmarks smoothed over time (FaceSmoother: min_cutoff, beta and d_cutoff of its
         pose, shape_min_cutoff and shape_beta of its shape; in face sizes and seconds). The next frame's box
         comes from the landmarks returned, smoothed when smoothing is on: a steadier box gives steadier
-        landmarks (on validation sequences, with the smoother's earlier setting, it cut musica19's jitter
-        4.8 times instead of 3.7, at no cost in NME; tools/track_bench.py).
+        landmarks (tools/track_bench.py measures both).
     detect_every: the detector runs on every detect_every-th frame (and whenever no face is tracked) to pick
         up new faces; 0: only when no face is tracked.
     detector: None for dlib's (the `detect` extra) or a callable image -> boxes (musica_ref.detect).

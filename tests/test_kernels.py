@@ -599,6 +599,81 @@ def test_take_hands_out_every_item_exactly_once(threads):
         numba.set_num_threads(before)
 
 
+@njit(nogil=True)
+def _two_phases(counter, n, n_first, work, first, seen, taken):
+    """A run_parallel worker: items t < n_first write first[t] (after `work` steps of busy arithmetic) and are
+    counted when finished (contract._finish on taken[n]); the later items wait for all of them
+    (contract._wait_for) and record in seen[t] how many of first[] they find written."""
+    t = K.contract._take(counter)
+    while t < n:
+        taken[t] += 1
+        if t < n_first:
+            s = 0.0
+            for i in range(work):
+                s += np.sqrt(i + t)
+            first[t] = 1 if s >= 0.0 else 2
+            K.contract._finish(taken[n:])
+        else:
+            K.contract._wait_for(taken[n:], n_first)
+            seen[t] = first.sum()
+        t = K.contract._take(counter)
+
+
+@njit(nogil=True)
+def _raises(counter, n):
+    t = K.contract._take(counter)
+    while t < n:
+        if t == n - 1:
+            raise ValueError("the last item")
+        t = K.contract._take(counter)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_run_parallel_runs_every_item_once_and_later_items_see_the_first(threads):
+    """kernels.parallel.run_parallel: each of n items runs exactly once, however many threads share them, and
+    an item that waits for the first phase (_wait_for) sees everything the first phase wrote."""
+    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        for n, n_first, work in ((1, 1, 0), (5, 0, 0), (9, 8, 2000), (3000, 100, 50), (3000, 2999, 0)):
+            first, seen = np.zeros(n, np.int64), np.zeros(n, np.int64)
+            taken = np.zeros(n + 1, np.int64)                 # taken[n]: the finished count
+            K.parallel.run_parallel(_two_phases, n, n, n_first, work, first, seen, taken)
+            np.testing.assert_array_equal(taken[:n], np.ones(n, np.int64))
+            assert taken[n] == n_first and (first[:n_first] == 1).all()
+            np.testing.assert_array_equal(seen[n_first:], np.full(n - n_first, n_first))
+    finally:
+        numba.set_num_threads(before)
+
+
+@njit(nogil=True)
+def _fill(counter, n, out, value):
+    t = K.contract._take(counter)
+    while t < n:
+        out[t] = value + t
+        t = K.contract._take(counter)
+
+
+def test_run_parallel_follows_a_change_of_argument_types():
+    """A worker run with other argument types than its last run gets the entry point compiled for them
+    (run_parallel keeps only the last one; the launcher refuses a token that is not its types'), alternating
+    back and forth."""
+    for _ in range(2):
+        for dtype, value in ((np.float64, 0.5), (np.float32, np.float32(1.5)), (np.int64, 7)):
+            out = np.zeros(50, dtype)
+            K.parallel.run_parallel(_fill, 50, 50, out, value)
+            np.testing.assert_array_equal(out, value + np.arange(50, dtype=dtype))
+    out = np.zeros(3)
+    assert K.parallel._launch(0, 12345, 3, 3, out, 0.5) == -1 and not out.any()     # a wrong token: nothing runs
+
+
+def test_run_parallel_reports_a_worker_that_raises():
+    """A worker's exception cannot cross the threads: run_parallel raises a RuntimeError naming the worker."""
+    with pytest.raises(RuntimeError, match="_raises"):
+        K.parallel.run_parallel(_raises, 4, 4)
+
+
 # --- int8 recurrent weights ------------------------------------------------------------------------------------
 
 @given(seed=seeds, B=st.integers(1, 40), Kn=st.integers(1, 600), M=st.integers(1, 70), scale=scales)

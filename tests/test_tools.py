@@ -161,3 +161,21 @@ def test_compile_time_reports_the_first_predict(capsys):
     compile_time.main(["--model", "musica19", "--top", "3", "--cache", os.environ["NUMBA_CACHE_DIR"]])
     out = capsys.readouterr().out
     assert "first predict of one face (musica19), that cache:" in out and "machine:" in out
+
+
+def test_compile_time_and_ab_predict_refuse_a_folder_that_is_not_a_checkout(tmp_path):
+    from tools import ab_predict, compile_time
+    for main, args in ((compile_time.main, ["--against", str(tmp_path)]), (ab_predict.main, [str(tmp_path)])):
+        with pytest.raises(SystemExit, match="not a checkout of this project"):
+            main(args)
+
+
+def test_ab_predict_compares_a_tree_with_itself(capsys):
+    """One round of this tree against itself (the tests' warm cache: nothing compiles): both medians and their
+    ratio are reported."""
+    from pathlib import Path
+    from tools import ab_predict
+    root = Path(__file__).resolve().parent.parent
+    ab_predict.main([str(root), "--rounds", "1", "--calls", "3", "--threads", "1", "--weights", "musica19"])
+    out = capsys.readouterr().out
+    assert "round 1: this 1t" in out and "1 thread(s): this" in out and "this / other" in out and "machine:" in out

@@ -3,6 +3,7 @@ module per stage of the pipeline:
 
     contract         the numerical contract (FC_KCHUNK, MEAN_STD_LANES), fused multiply-add (madd), float16
                      widening (widen), work taken in turn by the threads (_take) and the LLVM code they need
+    parallel         a worker run on every thread (run_parallel), without a prange loop around its code
     resampling       each pyramid level, one resampling of the source image          docs/model.md §4.3
     normalise        the levels by level 0's mean and population deviation           §4.4
     layers           patches and the network's layers one at a time                  §5, §6
@@ -16,12 +17,12 @@ Rules for every kernel here:
 - `cache=True`, so a second process loads the compiled code from disk instead of compiling again;
 - float32 activations in and out; the accumulator type is stated in each docstring;
 - the summation order of every output element is fixed by the loop nest and does not depend on the batch
-  size or on how `prange` splits the work between threads, so results are bit-identical whether a face is
+  size or on how the work is split between threads, so results are bit-identical whether a face is
   run alone or in a batch, on one thread or many.
 
 Every public kernel has its twin in kernels_ref (tests/test_kernels.py walks kernels_ref.TWINS).
 """
-from . import contract, dense, features, layers, normalise, resampling
+from . import contract, dense, features, layers, normalise, parallel, resampling
 # the contract's constants and helpers (the tests reach the helpers through this package too)
 from .contract import (FC_KCHUNK, FMA_IN_HARDWARE, HALF_IN_HARDWARE, MEAN_STD_LANES,  # noqa: F401
                        _fma_emulated, _fma_in_hardware, _half_bits_integer, _half_in_hardware, _take, llvm,
@@ -33,7 +34,7 @@ from .normalise import mean_std, normalise_pyramid, normalise_pyramids
 from .resampling import resample, resample_into, resample_many, resample_span
 
 # the modules that hold kernels, in pipeline order (musica_ref.warmup looks for compiled kernels in them)
-MODULES = (contract, resampling, normalise, layers, dense, features)
+MODULES = (contract, parallel, resampling, normalise, layers, dense, features)
 
 # the public kernels; each has its NumPy twin in kernels_ref (kernels_ref.TWINS). feature_weights, the fused
 # extractor's weight layouts (made once per model), is a NumPy helper, not a kernel.

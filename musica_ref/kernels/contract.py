@@ -6,7 +6,8 @@
   CPU has FMA; elsewhere a correctly rounded float64 emulation with the same bits).
 - `widen`: float16 weights (held as uint16 bit patterns) widened to float32 exactly as they are read.
 - `_take`: work items taken in turn by the threads, from an atomic counter (which thread computes an item
-  never changes its result), and `_slot`, one output's place in a flat buffer.
+  never changes its result); `_finish` and `_wait_for`, a count of finished items that later items wait
+  on; `_slot`, one output's place in a flat buffer.
 """
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
+
+# A helper decorated @inline is inlined by Numba into each kernel that calls it, before it is compiled: it is
+# not compiled on its own, and no copy of its code is linked into its callers and optimised again (each
+# function Numba compiles links the code of everything it calls and LLVM optimises it once more, so a call
+# chain N deep is optimised N times; docs/engine.md). The kernels' helpers that hold the loops are @inline,
+# the tiny ones (one fused multiply-add, a few of them) stay functions of their own, which LLVM inlines.
+inline = njit(cache=True, inline="always")
 
 # --- constants that fix results (part of the numerical contract: a bit-exact port copies them) ---------------
 # The fully connected kernel sums its K inputs in fixed chunks of FC_KCHUNK, each from 0, then bias + chunk 0 +
@@ -162,25 +170,30 @@ def _madd_impl(acc, x, w):
 #
 # prange splits a loop's iterations between the threads in equal contiguous shares, fixed before they start;
 # when one thread runs slower (its core shared with another process, or costlier items in its share), the
-# others wait for it at the end. The kernels whose loops are long or uneven let every thread take the next
-# work item as soon as it is done with one, from a shared counter (_take):
+# others wait for it at the end. The kernels' workers (parallel.run_parallel) instead let every thread take
+# the next work item as soon as it is done with one, from a shared counter (_take):
 #
-#     nxt = np.zeros(1, np.int64)
-#     for _ in prange(n):            # n slots; each thread's first slot takes items until none is left,
-#         t = _take(nxt)             # its other slots find none
+#     @njit(nogil=True, cache=True)
+#     def _worker(counter, n, ...):      # called on every thread with the same counter
+#         t = _take(counter)
 #         if t < n:
 #             ... scratch for this thread ...
 #             while t < n:
 #                 ... work item t ...
-#                 t = _take(nxt)
+#                 t = _take(counter)
 #
 # Which thread computes an item never changes its result (each item's arithmetic is fixed), so this keeps
 # every result bit for bit.
+#
+# Work in two phases (the second reads what the first wrote) runs as one list of items, in one parallel
+# region: the items of the first phase come first, each counted when it is finished (_finish), and an item of
+# the second phase first waits until they all are (_wait_for). Items are handed out in order, so it waits
+# only for first-phase items that other threads are running.
 
-@intrinsic
-def _take(typingctx, counter):
-    """counter[0] += 1 as one atomic operation (LLVM's atomicrmw add), returning the value before: the number
-    of the next work item, each number handed out once whatever the threads do. counter: int64 array."""
+def _counter_op(counter, ordering):
+    """The signature and code generation of an atomic operation on counter[0] (an int64 array): with
+    "acquire", a load; otherwise an add of 1 (LLVM's atomicrmw add) with that memory order, returning the
+    value before. None (no match) for any other argument type."""
     if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
         return None
 
@@ -189,9 +202,40 @@ def _take(typingctx, counter):
         ary = context.make_array(aryty)(context, builder, value=args[0])
         ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [context.get_constant(types.intp, 0)],
                                        wraparound=False)
-        return builder.atomic_rmw("add", ptr, context.get_constant(types.int64, 1), "monotonic")
+        if ordering == "acquire":
+            return builder.load_atomic(ptr, "acquire", 8)
+        return builder.atomic_rmw("add", ptr, context.get_constant(types.int64, 1), ordering)
     return types.int64(counter), codegen
 
+
+@intrinsic
+def _take(typingctx, counter):
+    """counter[0] += 1 as one atomic operation, returning the value before: the number of the next work item,
+    each number handed out once whatever the threads do. counter: int64 array."""
+    return _counter_op(counter, "monotonic")
+
+
+@intrinsic
+def _finish(typingctx, counter):
+    """counter[0] += 1 as one atomic operation with release order: everything this thread wrote before is
+    seen by a thread that then reads the new count (_wait_for). Counts finished work items. counter: int64
+    array."""
+    return _counter_op(counter, "release")
+
+
+@intrinsic
+def _count(typingctx, counter):
+    """counter[0], read as one atomic operation with acquire order (it pairs with _finish). counter: int64
+    array."""
+    return _counter_op(counter, "acquire")
+
+
+@njit(cache=True)
+def _wait_for(counter, n):
+    """Spin until n work items are finished (_finish on counter): a thread waits so only for items that other
+    threads are running (they took them), so it never waits for ever; the waits are short."""
+    while _count(counter) < n:
+        pass
 
 
 @njit(cache=True)

@@ -4,9 +4,10 @@ kernels_ref.fully_connected)."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .contract import FC_KCHUNK, _take, madd, widen
+from .contract import FC_KCHUNK, _finish, _take, _wait_for, madd, widen
+from .parallel import run_parallel
 
 # --- constants that only tune speed (no result depends on them) ----------------------------------------------
 # each work item of the fully connected kernel reuses a weight row for FC_ROWS inputs of the batch
@@ -67,87 +68,62 @@ def _fc_chunk(x, weight, r0, nr, c, acc, ks, xs):
     return n
 
 
-@njit(cache=True)
-def _fc_chunk_blocks(x, weight, c, part, ks, xs):
-    """Chunk c's partial sums of every block of FC_ROWS inputs into part[c] (_fc_chunk)."""
-    B = x.shape[0]
-    for r0 in range(0, B, FC_ROWS):
-        _fc_chunk(x, weight, r0, min(B, r0 + FC_ROWS) - r0, c, part[c, r0:], ks, xs)
-
-
-@njit(cache=True)
-def _fc_sum_chunks(start, part, out, b):
-    """out[b] = start + part[0, b] + part[1, b] + ..., in chunk order."""
-    M = out.shape[1]
-    for j in range(M):
-        out[b, j] = start[j]
-    for c in range(part.shape[0]):
-        for j in range(M):
-            out[b, j] += part[c, b, j]
-
-
-@njit(parallel=True, cache=True)
-def _fc_groups(x, weight, start, out):
-    """out = start + x @ weight for two or more groups of FC_GROUP_BLOCKS blocks of FC_ROWS inputs: the groups
-    in parallel; a group runs its blocks chunk by chunk (each chunk's weights come from memory once per group
-    and from the cache for its other blocks), adding the chunks in order."""
+@njit(nogil=True, cache=True)
+def _fc_groups(counter, n_groups, x, weight, start, out):
+    """out = start + x @ weight for two or more groups of FC_GROUP_BLOCKS blocks of FC_ROWS inputs, as a worker
+    (parallel.run_parallel): the groups taken in turn; a group runs its blocks chunk by chunk (each chunk's
+    weights come from memory once per group and from the cache for its other blocks), adding the chunks
+    in order."""
     B, K = x.shape
     M = weight.shape[1]
-    n_rb = (B + FC_ROWS - 1) // FC_ROWS
     n_kc = (K + FC_KCHUNK - 1) // FC_KCHUNK
-    n_groups = (n_rb + FC_GROUP_BLOCKS - 1) // FC_GROUP_BLOCKS
-    acc = np.empty((n_rb, FC_ROWS, M), np.float32)
-    for g in prange(n_groups):
+    g = _take(counter)
+    if g < n_groups:
+        acc = np.empty((FC_GROUP_BLOCKS, FC_ROWS, M), np.float32)
         ks, xs = np.empty(FC_KCHUNK, np.int64), np.empty(FC_KCHUNK, np.float32)
-        for b in range(g * FC_GROUP_BLOCKS * FC_ROWS, min(B, (g + 1) * FC_GROUP_BLOCKS * FC_ROWS)):
-            for j in range(M):
-                out[b, j] = start[j]
-        for c in range(n_kc):
-            for rb in range(g * FC_GROUP_BLOCKS, min(n_rb, (g + 1) * FC_GROUP_BLOCKS)):
-                r0 = rb * FC_ROWS
-                nr = min(B, r0 + FC_ROWS) - r0
-                _fc_chunk(x, weight, r0, nr, c, acc[rb], ks, xs)
-                for r in range(nr):
+        while g < n_groups:
+            b0, b1 = g * FC_GROUP_BLOCKS * FC_ROWS, min(B, (g + 1) * FC_GROUP_BLOCKS * FC_ROWS)
+            for b in range(b0, b1):
+                for j in range(M):
+                    out[b, j] = start[j]
+            for c in range(n_kc):
+                for i, r0 in enumerate(range(b0, b1, FC_ROWS)):
+                    nr = min(b1, r0 + FC_ROWS) - r0
+                    _fc_chunk(x, weight, r0, nr, c, acc[i], ks, xs)
+                    for r in range(nr):
+                        for j in range(M):
+                            out[r0 + r, j] += acc[i, r, j]
+            g = _take(counter)
+
+
+@njit(nogil=True, cache=True)
+def _fc_chunks(counter, n_items, x, weight, start, part, done, out):
+    """out = start + x @ weight for up to FC_GROUP_BLOCKS blocks of FC_ROWS inputs, as a worker
+    (parallel.run_parallel, or called directly for the calling thread alone): the first n_kc items are the
+    chunks (each for every block, so its weights come from memory once and from the cache after) into
+    part (n_kc, B, M), counted in done when finished; the next ones add the partial sums of a block of
+    FC_ROWS inputs in chunk order, once every chunk is finished (_wait_for)."""
+    B = x.shape[0]
+    n_kc = part.shape[0]
+    t = _take(counter)
+    if t < n_items:
+        ks, xs = np.empty(FC_KCHUNK, np.int64), np.empty(FC_KCHUNK, np.float32)
+        while t < n_items:
+            if t < n_kc:                                     # chunk t of every block
+                for r0 in range(0, B, FC_ROWS):
+                    _fc_chunk(x, weight, r0, min(B, r0 + FC_ROWS) - r0, t, part[t, r0:], ks, xs)
+                _finish(done)
+            else:                                            # the sums of a block of rows
+                _wait_for(done, n_kc)
+                r0 = (t - n_kc) * FC_ROWS
+                M = out.shape[1]
+                for b in range(r0, min(B, r0 + FC_ROWS)):
                     for j in range(M):
-                        out[r0 + r, j] += acc[rb, r, j]
-
-
-@njit(parallel=True, cache=True)
-def _fc_chunks(x, weight, start, out):
-    """out = start + x @ weight for up to FC_GROUP_BLOCKS blocks of FC_ROWS inputs: the chunks in parallel
-    (taken in turn by the threads, each for every block, so its weights come from memory once and from the
-    cache after), their partial sums added after in chunk order."""
-    B, K = x.shape
-    n_kc = (K + FC_KCHUNK - 1) // FC_KCHUNK
-    part = np.empty((n_kc, B, weight.shape[1]), np.float32)
-    nxt = np.zeros(1, np.int64)
-    for _ in prange(n_kc):
-        c = _take(nxt)
-        if c < n_kc:
-            ks, xs = np.empty(FC_KCHUNK, np.int64), np.empty(FC_KCHUNK, np.float32)
-            while c < n_kc:
-                _fc_chunk_blocks(x, weight, c, part, ks, xs)
-                c = _take(nxt)
-    if B > FC_ROWS:
-        for b in prange(B):
-            _fc_sum_chunks(start, part, out, b)
-    else:                                       # a few rows: on this thread
-        for b in range(B):
-            _fc_sum_chunks(start, part, out, b)
-
-
-@njit(cache=True)
-def _fc_serial(x, weight, start, out):
-    """_fc_chunks on the calling thread only: for a small layer, where waking another thread costs more
-    than the layer's work."""
-    B, K = x.shape
-    n_kc = (K + FC_KCHUNK - 1) // FC_KCHUNK
-    part = np.empty((n_kc, B, weight.shape[1]), np.float32)
-    ks, xs = np.empty(FC_KCHUNK, np.int64), np.empty(FC_KCHUNK, np.float32)
-    for c in range(n_kc):
-        _fc_chunk_blocks(x, weight, c, part, ks, xs)
-    for b in range(B):
-        _fc_sum_chunks(start, part, out, b)
+                        out[b, j] = start[j]
+                    for c in range(n_kc):
+                        for j in range(M):
+                            out[b, j] += part[c, b, j]
+            t = _take(counter)
 
 
 @njit(cache=True)
@@ -170,14 +146,20 @@ def _fully_connected(x, weight, bias, scale, name):
     B, K = x.shape
     M = weight.shape[1]
     out = np.empty((B, M), np.float32)
-    start = bias if scale is None else np.zeros(M, np.float32)       # the sum of the chunks starts here
+    start = np.asarray(bias, np.float32) if scale is None else np.zeros(M, np.float32)   # the sums start here
     n_rb = (B + FC_ROWS - 1) // FC_ROWS
     if n_rb > FC_GROUP_BLOCKS:
-        _fc_groups(x, weight, start, out)
-    elif K * M <= FC_SERIAL_WEIGHTS:
-        _fc_serial(x, weight, start, out)
+        n_groups = (n_rb + FC_GROUP_BLOCKS - 1) // FC_GROUP_BLOCKS
+        run_parallel(_fc_groups, n_groups, n_groups, x, weight, start, out)
     else:
-        _fc_chunks(x, weight, start, out)
+        n_kc = (K + FC_KCHUNK - 1) // FC_KCHUNK
+        part = np.empty((n_kc, B, M), np.float32)
+        n_items = n_kc + n_rb
+        args = (n_items, x, weight, start, part, np.zeros(1, np.int64), out)
+        if K * M <= FC_SERIAL_WEIGHTS:                 # a small layer: on this thread
+            _fc_chunks(np.zeros(1, np.int64), *args)
+        else:
+            run_parallel(_fc_chunks, n_items, *args)
     if scale is not None:
         _scale_outputs(out, scale, bias)
     return out
@@ -192,8 +174,8 @@ def fully_connected(x, weight, bias):
     bit-identical however the work is split. A block of FC_ROWS inputs streams each weight row once,
     contiguously, and reuses it for all of them (vectorised along the M outputs); inputs equal to 0 (most of
     the ReLU features) skip their row. Up to FC_GROUP_BLOCKS blocks: the chunks run in parallel (_fc_chunks;
-    a layer of at most FC_SERIAL_WEIGHTS weights on the calling thread, _fc_serial), and the chunks' partial
-    sums are added after; from two groups of FC_GROUP_BLOCKS blocks up, the groups run in parallel, each
+    a layer of at most FC_SERIAL_WEIGHTS weights on the calling thread alone), and the chunks' partial sums
+    are added after; from two groups of FC_GROUP_BLOCKS blocks up, the groups run in parallel, each
     adding its chunks in order, one chunk at a time for all its blocks (_fc_groups). Either way a chunk's
     weights come from memory once per thread or group and from the cache for the other blocks. (Splitting
     the outputs into column blocks instead was much slower at 16-32 inputs, probably because a block's short

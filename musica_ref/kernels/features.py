@@ -5,11 +5,12 @@ layers one at a time (layers.py; twin: kernels_ref.patch_features), so bit for b
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, uint64
+from numba import njit, uint64
 
-from .contract import FC_KCHUNK, _slot, _take, madd
+from .contract import FC_KCHUNK, _finish, _slot, _take, _wait_for, inline, madd
 from ..geometry import PATCH_SIZE
 from .dense import _fc_chunk
+from .parallel import run_parallel
 
 
 # the sides of one patch's maps (the patch side is geometry's): conv1 (no padding), pool1, and the stride of
@@ -66,7 +67,7 @@ def _conv1_span(xt, w1t, b1, o, c1, S, L, n0, n1):
                 dd[n] = _add3(dd[n], x0, x1, x2, wd0, wd1, wd2)
 
 
-@njit(cache=True)
+@inline
 def _pool1(c1, base, S, p1, Q1, rowmax):
     """ReLU + 2x2 max-pool of the 2Q1 x 2Q1 block of conv1 that starts at flat index base (channel-major, rows
     of width S) into p1 (C, Q1 * Q1), channel-major. Each output is ReLU(max of its 4 inputs): the max of the
@@ -90,7 +91,7 @@ def _pool1(c1, base, S, p1, Q1, rowmax):
 GROUP_POOL_W = FEATURE_ITEM * POOL1_STRIDE
 
 
-@njit(cache=True)
+@inline
 def _pool1_group(c1, n, p1g):
     """ReLU + 2x2 max-pool of a whole group's conv1 (rows GROUP_W wide, the n patches side by side, see
     GROUP_W) into p1g (C, 6 * GROUP_POOL_W): patch k's output (i, jj) at p1g[o, i * GROUP_POOL_W + k * 7 + jj].
@@ -170,11 +171,12 @@ def _conv2(p1, base, Q1, w2f, b2, c2, S2):
             c2[q] = zero
 
 
-@njit(cache=True)
-def _gated_from_pool1(p1, base, Q1, w2f, b2, wa, ba, c2, feat, part, ks, xs, out):
-    """The rest of one patch after pool1 (its 6x6 per channel at p1[c, base:], rows Q1 apart): conv2 + ReLU
-    -> maxpool2x2 -> crop_concat -> attention -> sigmoid -> gate, into out (8C,). c2, feat, part, ks, xs are
-    scratch (_tail_scratch)."""
+@inline
+def _patch_from_pool1(p1, base, Q1, w2f, b2, wa, ba, tail, out):
+    """The rest of one patch after pool1 (its 6x6 per channel at p1[c, base:], rows Q1 apart: a patch's own
+    pool1 or a group's, _pool1_group) to its gated features out (8C,): conv2 + ReLU -> maxpool2x2 ->
+    crop_concat -> attention -> sigmoid -> gate. tail: scratch (_tail_scratch)."""
+    _, c2, feat, part, _, ks, xs = tail
     C = b2.shape[0]
     F = 8 * C
     S2 = 4                                         # conv2 output side
@@ -182,17 +184,17 @@ def _gated_from_pool1(p1, base, Q1, w2f, b2, wa, ba, c2, feat, part, ks, xs, out
     # features = [centre 2x2 of conv2, pool2], (row, col, channel)
     for r in range(2):
         for cc in range(2):
-            base = (r * 2 + cc) * 2 * C
+            fb = (r * 2 + cc) * 2 * C
             q0 = 2 * r * S2 + 2 * cc
             for o in range(C):
-                feat[base + o] = c2[((r + 1) * S2 + cc + 1) * C + o]
-                feat[base + C + o] = max(max(max(c2[q0 * C + o], c2[(q0 + 1) * C + o]),
-                                             c2[(q0 + S2) * C + o]), c2[(q0 + S2 + 1) * C + o])
+                feat[fb + o] = c2[((r + 1) * S2 + cc + 1) * C + o]
+                feat[fb + C + o] = max(max(max(c2[q0 * C + o], c2[(q0 + 1) * C + o]),
+                                           c2[(q0 + S2) * C + o]), c2[(q0 + S2 + 1) * C + o])
     # attention = sigmoid(bias + partial): the partial is the fully connected kernel's own chunk sum (F = 8C
     # <= FC_KCHUNK inputs make one chunk, summed from 0 over the non-zero features); gate (a feature of 0
     # gives 0 whatever its attention, so its sigmoid is not computed)
     one = np.float32(1.0)
-    zero, one_row = np.int64(0), np.int64(1)      # not literal constants: the version _fc_chunk_blocks uses
+    zero, one_row = np.int64(0), np.int64(1)      # not literal constants: the version the dense layers use
     n = _fc_chunk(feat.reshape((1, F)), wa, zero, one_row, zero, part.reshape((1, F)), ks, xs)
     for j in range(F):
         out[j] = 0.0                               # 0 * sigmoid (finite, > 0) is +0 exactly: no exp needed
@@ -202,7 +204,7 @@ def _gated_from_pool1(p1, base, Q1, w2f, b2, wa, ba, c2, feat, part, ks, xs, out
         out[j] = xs[t] * (one / (one + np.exp(-s)))
 
 
-@njit(cache=True)
+@inline
 def _feature_shapes_ok(Cin, S, w1t, b1p, w2f, b2, wa, ba):
     """Whether the feature extractor's weights, in the layouts of feature_weights, fit Cin-channel SxS
     patches."""
@@ -247,7 +249,7 @@ GROUP_W = FEATURE_ITEM * PATCH_SIZE
 GROUP_L = PATCH_SIZE * GROUP_W + 2
 
 
-@njit(cache=True)
+@inline
 def _tail_scratch(C):
     """Scratch of one patch after conv1, reused patch after patch: (p1, c2, feat, part, rowmax, ks, xs)."""
     return (np.empty((C, 36), np.float32), np.empty(16 * C, np.float32), np.empty(8 * C, np.float32),
@@ -255,31 +257,34 @@ def _tail_scratch(C):
             np.empty(FC_KCHUNK, np.float32))
 
 
-@njit(cache=True)
-def _group_scratch(C):
-    """Scratch of one work item of FEATURE_ITEM patches: (xt, c1, p1g, tail scratch)."""
-    return (np.zeros(CONV1_IN * GROUP_L, np.float32), np.empty((_conv1_rows(C), CONV1_SIDE * GROUP_W), np.float32),
-            np.empty((C, POOL1_SIDE * GROUP_POOL_W), np.float32), _tail_scratch(C))
+@inline
+def _group_scratch(C, groups):
+    """Scratch of one thread's work items: (xt, c1, p1g, tail): a group's input (FEATURE_ITEM patches side by
+    side, see GROUP_W), its conv1 (rows GROUP_W wide) and pool1 (_pool1_group), and the scratch of one patch
+    after pool1. Without `groups` (patches from a shared conv1 map) only the tail is allocated, the others
+    are empty."""
+    if groups:
+        return (np.zeros(CONV1_IN * GROUP_L, np.float32),
+                np.empty((_conv1_rows(C), CONV1_SIDE * GROUP_W), np.float32),
+                np.empty((C, POOL1_SIDE * GROUP_POOL_W), np.float32), _tail_scratch(C))
+    return (np.empty(0, np.float32), np.empty((0, 0), np.float32), np.empty((0, 0), np.float32),
+            _tail_scratch(C))
 
 
-@njit(cache=True)
-def _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, p0):
-    """n <= FEATURE_ITEM 14x14 patches, side by side in the scratch's xt (see GROUP_W), through the whole
-    feature extractor into out[p0 + k]. conv1 runs as one span over the 12 output rows of the group: output
-    i * GROUP_W + j reads input (i + di) * GROUP_W + j + dj of each channel (the 2 last columns of each
-    patch are computed and not read), so each block of 4 channels is a few long vector loops, not n short
-    ones."""
-    xt, c1, p1g, tail = scratch
-    p1, c2, feat, part, rowmax, ks, xs = tail
+@inline
+def _group_conv1(xt, n, w1t, b1, c1, p1g):
+    """conv1 of n <= FEATURE_ITEM 14x14 patches side by side in xt (see GROUP_W) into c1 (rows GROUP_W wide:
+    patch k's 12x12 block from column k * 14), then their pool1 into p1g (_pool1_group). conv1 runs as one span over the 12 output rows of the group:
+    output i * GROUP_W + j reads input (i + di) * GROUP_W + j + dj of each channel (the 2 last columns of
+    each patch are computed and not read), so each block of 4 channels is a few long vector loops, not n
+    short ones."""
     for o in range(0, w1t.shape[0], CONV1_OUT_BLOCK):
         _conv1_span(xt, w1t, b1, o, c1, uint64(GROUP_W), uint64(GROUP_L), uint64(0),
                     uint64((CONV1_SIDE - 1) * GROUP_W + (n - 1) * PATCH_SIZE + CONV1_SIDE))
     _pool1_group(c1, n, p1g)
-    for k in range(n):
-        _gated_from_pool1(p1g, k * POOL1_STRIDE, np.int64(GROUP_POOL_W), w2f, b2, wa, ba, c2, feat, part, ks, xs, out[p0 + k])
 
 
-@njit(cache=True)
+@inline
 def _patch_input_from_level(level, c0, r0, xt, k):
     """The 14x14 patch of level (H, W, Cin) with top-left (col c0, row r0) into slot k of a group's input xt
     (see GROUP_W), zeros outside the level: what extract_patches gives."""
@@ -294,7 +299,6 @@ def _patch_input_from_level(level, c0, r0, xt, k):
                 xt[c * GROUP_L + r * GROUP_W + k * S + cc] = level[y, x, c] if inside else np.float32(0.0)
 
 
-@njit(parallel=True, cache=True)
 def patch_features(patches, w1t, b1p, w2f, b2, wa, ba):
     """The patch feature extractor and its attention gate in one pass per patch (docs/model.md §6):
     conv3x3 + ReLU -> maxpool2x2 -> conv3x3 + ReLU -> maxpool2x2 -> crop_concat -> fully_connected -> sigmoid
@@ -309,31 +313,38 @@ def patch_features(patches, w1t, b1p, w2f, b2, wa, ba):
     Changes of order that keep every result: pool1 = ReLU(max of conv1) (ReLU is monotone); inputs of conv2
     and of the attention layer that are exactly 0 are skipped (a finite w times 0 adds nothing).
     """
-    BP, S, S_, Cin = patches.shape
-    C = b2.shape[0]
-    F = 8 * C
-    if S_ != S or not _feature_shapes_ok(Cin, S, w1t, b1p, w2f, b2, wa, ba):
+    if not (isinstance(patches, np.ndarray) and patches.ndim == 4 and patches.shape[1] == patches.shape[2]
+            and _feature_shapes_ok(patches.shape[3], patches.shape[1], w1t, b1p, w2f, b2, wa, ba)):
         raise ValueError("patch_features: patches must be (BP, 14, 14, 3) and the weights as feature_weights "
                          "gives them: conv1 (3, 3, 3, C), conv2 (3, 3, C, C), attention (8C, 8C), biases to match")
-    gated = np.empty((BP, F), np.float32)
+    BP = patches.shape[0]
+    gated = np.empty((BP, 8 * b2.shape[0]), np.float32)
     G = (BP + FEATURE_ITEM - 1) // FEATURE_ITEM
-    nxt = np.zeros(1, np.int64)
-    for _ in prange(G):                            # the work items taken in turn (_take); a thread allocates
-        t = _take(nxt)                             # its scratch once (an allocation), not once per item
-        if t < G:
-            scratch = _group_scratch(C)
-            xt = scratch[0]
-            while t < G:
-                p0 = t * FEATURE_ITEM
-                n = min(BP, p0 + FEATURE_ITEM) - p0
-                for k in range(n):
-                    for r in range(S):
-                        for cc in range(S):
-                            for c in range(Cin):
-                                xt[c * GROUP_L + r * GROUP_W + k * S + cc] = patches[p0 + k, r, cc, c]
-                _group_features(n, w1t, b1p, w2f, b2, wa, ba, scratch, gated, p0)
-                t = _take(nxt)
+    run_parallel(_patch_groups, G, G, patches, w1t, b1p, w2f, b2, wa, ba, gated)
     return gated
+
+
+@njit(nogil=True, cache=True)
+def _patch_groups(counter, G, patches, w1t, b1p, w2f, b2, wa, ba, gated):
+    """patch_features' worker (parallel.run_parallel): groups of FEATURE_ITEM patches, taken in turn; a
+    thread allocates its scratch once, not once per group."""
+    BP, S = patches.shape[0], patches.shape[1]
+    t = _take(counter)
+    if t < G:
+        xt, c1, p1g, tail = _group_scratch(b2.shape[0], True)
+        while t < G:
+            p0 = t * FEATURE_ITEM
+            n = min(BP, p0 + FEATURE_ITEM) - p0
+            for k in range(n):
+                for r in range(S):
+                    for cc in range(S):
+                        for c in range(CONV1_IN):
+                            xt[c * GROUP_L + r * GROUP_W + k * S + cc] = patches[p0 + k, r, cc, c]
+            _group_conv1(xt, n, w1t, b1p, c1, p1g)
+            for k in range(n):
+                _patch_from_pool1(p1g, np.int64(k * POOL1_STRIDE), np.int64(GROUP_POOL_W), w2f, b2, wa, ba, tail,
+                                  gated[p0 + k])
+            t = _take(counter)
 
 
 # --- the feature extractor reading the patches from the level, conv1 shared between overlapping patches ---
@@ -354,7 +365,7 @@ SPAN_GAP = 32
 SHARED_SPAN_RATIO = 0.6
 
 
-@njit(cache=True)
+@inline
 def _conv1_map_plan(corners):
     """Where conv1 runs for the 14x14 patches with top-left corners (P, 2) (col, row), when shared:
     (ylo, xlo, Hm, Wm, run0, run1): the box of conv1 positions (Hm x Wm from level row ylo, column xlo) and
@@ -378,7 +389,9 @@ def _conv1_map_plan(corners):
     need = np.zeros((Hm, Wm), np.bool_)                  # conv1 positions some patch uses
     for p in range(P):
         y0, x0 = corners[p, 1] - ylo, corners[p, 0] - xlo
-        need[y0:y0 + S1, x0:x0 + S1] = True
+        for y in range(y0, y0 + S1):
+            for x in range(x0, x0 + S1):
+                need[y, x] = True
     run0 = np.empty(Hm * (Wm // 2 + 1), np.uint64)
     run1 = np.empty_like(run0)
     nrun = 0
@@ -402,7 +415,7 @@ def _conv1_map_plan(corners):
     return ylo, xlo, Hm, Wm, run0[:nrun], run1[:nrun]
 
 
-@njit(cache=True)
+@inline
 def _conv1_map_input(level, ylo, xlo, Hm, Wm):
     """The level under a conv1 map (Hm + 2 rows of Wm + 2 from row ylo, column xlo), channel-major, zeros
     outside the level, +2 values at the end (a span may run over a row end). Returns (xin, Lr)."""
@@ -418,130 +431,130 @@ def _conv1_map_input(level, ylo, xlo, Hm, Wm):
 
 
 @njit(cache=True)
-def _level_group(level, corners, p0, n, w1t, b1, w2f, b2, wa, ba, scratch, out, out0):
-    """Patches p0 .. p0 + n - 1 (n <= FEATURE_ITEM) at `corners` of the level, one by one (no sharing), into
-    out[out0 + p]."""
+def _face_plan(level, corners, w1t, b1p, w2f, b2, wa, ba, out):
+    """How one face's work items run (_face_item), after checking its arguments (level_patch_features'):
+    (n_map, ylo, xlo, Wr, Lr, xin, run0, run1, c1) with n_map blocks of CONV1_OUT_BLOCK channels of a shared
+    conv1 map c1 (rows Wr wide, from level row ylo, column xlo; only its spans run0, run1 computed) over xin
+    (_conv1_map_input, rows Wr wide, Lr values a channel); n_map = 0 and empty arrays when the patches go one
+    by one."""
+    P = corners.shape[0]
+    C = b2.shape[0]
+    if not _feature_shapes_ok(level.shape[2], PATCH_SIZE, w1t, b1p, w2f, b2, wa, ba) or corners.shape[1] != 2 \
+            or P < 1 or out.shape[0] != P or out.shape[1] != 8 * C:
+        raise ValueError("level_patch_features: level must be (H, W, 3), corners (P, 2) with P >= 1, out "
+                         "(P, 8C), and the weights as for patch_features")
+    ylo, xlo, Hm, Wm, run0, run1 = _conv1_map_plan(corners)
+    if run0.shape[0] == 0:
+        return 0, ylo, xlo, 0, 0, np.empty(0, np.float32), run0, run1, np.empty((0, 0), np.float32)
+    xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
+    Wr = Wm + 2
+    rows = _conv1_rows(C)
+    return rows // CONV1_OUT_BLOCK, ylo, xlo, Wr, Lr, xin, run0, run1, np.empty((rows, Hm * Wr), np.float32)
+
+
+@inline
+def _face_item(t, plan, level, corners, w1t, b1p, w2f, b2, wa, ba, scratch, done, out, out0):
+    """Work item t of one face (level (H, W, 3), corners (P, 2), plan: _face_plan) into out[out0:]. The first
+    n_map items compute a block of CONV1_OUT_BLOCK channels of the shared conv1 map each, and count it in
+    done (_finish); the next ones take FEATURE_ITEM patches each: from the map once every block is finished
+    (_wait_for), or one by one (their own conv1, _group_conv1)."""
+    n_map, ylo, xlo, Wr, Lr, xin, run0, run1, c1 = plan
+    if t < n_map:
+        for k in range(run0.shape[0]):
+            _conv1_span(xin, w1t, b1p, t * CONV1_OUT_BLOCK, c1, uint64(Wr), uint64(Lr), run0[k], run1[k])
+        _finish(done)
+        return
+    P = corners.shape[0]
+    p0 = (t - n_map) * FEATURE_ITEM
+    n = min(P, p0 + FEATURE_ITEM) - p0
+    xt, c1g, p1g, tail = scratch
+    if n_map == 0:                                 # one by one: the group's own conv1 and pool1
+        for k in range(n):
+            _patch_input_from_level(level, corners[p0 + k, 0], corners[p0 + k, 1], xt, k)
+        _group_conv1(xt, n, w1t, b1p, c1g, p1g)
+    else:                                          # from the shared map
+        _wait_for(done, n_map)
+    p1, rowmax = tail[0], tail[4]
     for k in range(n):
-        _patch_input_from_level(level, corners[p0 + k, 0], corners[p0 + k, 1], scratch[0], k)
-    _group_features(n, w1t, b1, w2f, b2, wa, ba, scratch, out, out0 + p0)
+        p = p0 + k
+        if n_map == 0:
+            src, base, Q = p1g, np.int64(k * POOL1_STRIDE), np.int64(GROUP_POOL_W)
+        else:
+            _pool1(c1, (corners[p, 1] - ylo) * Wr + corners[p, 0] - xlo, Wr, p1, POOL1_SIDE, rowmax)
+            src, base, Q = p1, np.int64(0), np.int64(POOL1_SIDE)
+        _patch_from_pool1(src, base, Q, w2f, b2, wa, ba, tail, out[out0 + p])
 
 
-@njit(cache=True)
-def _map_channels(xin, Lr, Wr, run0, run1, w1t, b1, c1, o):
-    """Output channels o .. o + CONV1_OUT_BLOCK - 1 of the shared conv1 map c1 (rows of width Wr) over its
-    spans."""
-    for k in range(run0.shape[0]):
-        _conv1_span(xin, w1t, b1, o, c1, uint64(Wr), uint64(Lr), run0[k], run1[k])
+def _n_items(plan, P):
+    """The work items of one face: its conv1 map's blocks, then its groups of patches."""
+    return plan[0] + (P + FEATURE_ITEM - 1) // FEATURE_ITEM
 
 
-@njit(cache=True)
-def _map_patches(c1, Wr, ylo, xlo, corners, p_lo, p_hi, w2f, b2, wa, ba, tail, out, out0):
-    """Patches p_lo .. p_hi - 1 from their 12x12 blocks of the shared conv1 map into out[out0 + p]."""
-    p1, c2, feat, part, rowmax, ks, xs = tail
-    for p in range(p_lo, p_hi):
-        _pool1(c1, (corners[p, 1] - ylo) * Wr + corners[p, 0] - xlo, Wr, p1, POOL1_SIDE, rowmax)
-        _gated_from_pool1(p1, np.int64(0), np.int64(POOL1_SIDE), w2f, b2, wa, ba, c2, feat, part, ks, xs, out[out0 + p])
-
-
-@njit(parallel=True, cache=True)
 def level_patch_features(level, corners, w1t, b1p, w2f, b2, wa, ba, out):
     """patch_features(extract_patches(level, corners, 14), ...) of one face written into out (P, 8C), bit for
     bit, with conv1 shared between the overlapping patches (see above); the work is split between threads
-    by output channel (conv1 map) and by patch.
+    by output channel (conv1 map) and by patch (_face_item, one parallel run).
 
     level (H, W, 3) float32; corners (P, 2) int64 top-left (col, row); weights as patch_features;
     out (P, 8C) float32, written. Returns whether conv1 was shared.
     """
-    H, W, Cin = level.shape
-    P = corners.shape[0]
-    C = b2.shape[0]
-    if not _feature_shapes_ok(Cin, PATCH_SIZE, w1t, b1p, w2f, b2, wa, ba) or corners.shape[1] != 2 or P < 1 \
-            or out.shape[0] != P or out.shape[1] != 8 * C:
-        raise ValueError("level_patch_features: level must be (H, W, 3), corners (P, 2) with P >= 1, out "
-                         "(P, 8C), and the weights as for patch_features")
-    ylo, xlo, Hm, Wm, run0, run1 = _conv1_map_plan(corners)
-    G = (P + FEATURE_ITEM - 1) // FEATURE_ITEM
-    next_item = np.zeros(1, np.int64)                    # the next work item of the patches (_take)
-    if run0.shape[0] == 0:                               # one by one
-        for _ in prange(G):
-            t = _take(next_item)
-            if t < G:
-                scratch = _group_scratch(C)
-                while t < G:
-                    p0 = t * FEATURE_ITEM
-                    _level_group(level, corners, p0, min(P, p0 + FEATURE_ITEM) - p0, w1t, b1p, w2f, b2, wa, ba,
-                                 scratch, out, 0)
-                    t = _take(next_item)
-        return False
-    xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
-    Wr = Wm + 2
-    c1 = np.empty((_conv1_rows(C), Hm * Wr), np.float32)  # conv1 map, rows of width Wr; only the spans written
-    ng = w1t.shape[0] // CONV1_OUT_BLOCK
-    next_group = np.zeros(1, np.int64)                   # the next block of conv1 channels (_take)
-    for _ in prange(ng):
-        g = _take(next_group)
-        while g < ng:
-            _map_channels(xin, Lr, Wr, run0, run1, w1t, b1p, c1, g * CONV1_OUT_BLOCK)
-            g = _take(next_group)
-    for _ in prange(G):
-        t = _take(next_item)
-        if t < G:
-            tail = _tail_scratch(C)
-            while t < G:
-                p0 = t * FEATURE_ITEM
-                _map_patches(c1, Wr, ylo, xlo, corners, p0, min(P, p0 + FEATURE_ITEM), w2f, b2, wa, ba, tail,
-                             out, 0)
-                t = _take(next_item)
-    return True
+    plan = _face_plan(level, corners, w1t, b1p, w2f, b2, wa, ba, out)
+    n = _n_items(plan, corners.shape[0])
+    run_parallel(_face_items, n, n, *plan, level, corners, w1t, b1p, w2f, b2, wa, ba, np.zeros(1, np.int64), out)
+    return plan[0] > 0
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
+def _face_items(counter, n_items, n_map, ylo, xlo, Wr, Lr, xin, run0, run1, c1, level, corners, w1t, b1p, w2f, b2,
+                wa, ba, done, out):
+    """level_patch_features' worker (parallel.run_parallel): one face's items (_face_item) taken in turn;
+    the plan (_face_plan) comes as its fields (a parallel loop takes no tuples); done counts the finished
+    conv1 map blocks."""
+    plan = (n_map, ylo, xlo, Wr, Lr, xin, run0, run1, c1)
+    t = _take(counter)
+    if t < n_items:
+        scratch = _group_scratch(b2.shape[0], n_map == 0)
+        while t < n_items:
+            _face_item(t, plan, level, corners, w1t, b1p, w2f, b2, wa, ba, scratch, done, out, 0)
+            t = _take(counter)
+
+
 def levels_patch_features(data, offsets, shapes, corners, w1t, b1p, w2f, b2, wa, ba, out):
     """level_patch_features for many faces at once, the faces split between threads (each face on one):
     face b's level is the (shapes[b, 0], shapes[b, 1], shapes[b, 2]) float32 array at data[offsets[b]:]
     (data flat float32, offsets (B,), shapes (B, 3) int64), corners (B, P, 2) int64, out (B*P, 8C)
     float32, written; face b's patches go to rows b * P .. (b + 1) * P - 1. Bit-identical to
     level_patch_features face by face. Returns how many faces shared conv1."""
-    B, P = corners.shape[0], corners.shape[1]
-    C = b2.shape[0]
-    if offsets.shape[0] != B or shapes.shape[0] != B or shapes.shape[1] != 3 or corners.shape[2] != 2 or P < 1 \
-            or out.shape[0] != B * P or out.shape[1] != 8 * C:
+    B = corners.shape[0] if isinstance(corners, np.ndarray) and corners.ndim == 3 else -1
+    if not (B >= 0 and corners.shape[1] >= 1 and corners.shape[2] == 2 and isinstance(offsets, np.ndarray)
+            and offsets.shape == (B,) and isinstance(shapes, np.ndarray) and shapes.shape == (B, 3)
+            and isinstance(out, np.ndarray) and out.shape == (B * corners.shape[1], 8 * np.shape(b2)[0])):
         raise ValueError("levels_patch_features: one offset and (H, W, 3) shape per face, corners (B, P, 2) "
                          "with P >= 1, out (B * P, 8C)")
+    if B and not ((shapes[:, 2] == CONV1_IN).all() and _feature_shapes_ok(CONV1_IN, PATCH_SIZE, w1t, b1p, w2f, b2, wa,
+                                                                           ba)):
+        raise ValueError("levels_patch_features: levels must be (H, W, 3) and the weights as for patch_features")
     for b in range(B):
         _slot(data, offsets[b], shapes[b, 0], shapes[b, 1], shapes[b, 2])      # raises if it does not fit
-        if not _feature_shapes_ok(shapes[b, 2], PATCH_SIZE, w1t, b1p, w2f, b2, wa, ba):
-            raise ValueError("levels_patch_features: levels must be (H, W, 3) and the weights as for "
-                             "patch_features")
     shared = np.zeros(B, np.int64)
-    nxt = np.zeros(1, np.int64)
-    for _ in prange(B):                                  # the faces taken in turn (_take)
-        b = _take(nxt)
-        if b < B:
-            scratch = _group_scratch(C)
-            while b < B:
-                shared[b] = _face_patch_features(data, offsets[b], shapes[b], corners[b], w1t, b1p, w2f, b2, wa,
-                                                 ba, scratch, out, b * P)
-                b = _take(nxt)
-    return shared.sum()
+    run_parallel(_faces, B, B, data, offsets, shapes, corners, w1t, b1p, w2f, b2, wa, ba, out, shared)
+    return int(shared.sum())
 
 
-@njit(cache=True)
-def _face_patch_features(data, offset, shape, corners, w1t, b1p, w2f, b2, wa, ba, scratch, out, out0):
-    """One face of levels_patch_features on one thread, into out[out0:]: its level (shape (H, W, 3)) at
-    data[offset:], its patches' corners (P, 2). Returns whether conv1 was shared."""
-    P = corners.shape[0]
-    level = data[offset:offset + shape[0] * shape[1] * shape[2]].reshape((shape[0], shape[1], shape[2]))
-    ylo, xlo, Hm, Wm, run0, run1 = _conv1_map_plan(corners)
-    if run0.shape[0] == 0:                               # one by one, FEATURE_ITEM at a time
-        for p0 in range(0, P, FEATURE_ITEM):
-            _level_group(level, corners, p0, min(P, p0 + FEATURE_ITEM) - p0, w1t, b1p, w2f, b2, wa, ba, scratch,
-                         out, out0)
-        return False
-    xin, Lr = _conv1_map_input(level, ylo, xlo, Hm, Wm)
-    Wr = Wm + 2
-    c1 = np.empty((w1t.shape[0], Hm * Wr), np.float32)     # w1t's rows: C padded (_conv1_rows)
-    for o in range(0, w1t.shape[0], CONV1_OUT_BLOCK):
-        _map_channels(xin, Lr, Wr, run0, run1, w1t, b1p, c1, o)
-    _map_patches(c1, Wr, ylo, xlo, corners, 0, P, w2f, b2, wa, ba, scratch[3], out, out0)
-    return True
+@njit(nogil=True, cache=True)
+def _faces(counter, B, data, offsets, shapes, corners, w1t, b1p, w2f, b2, wa, ba, out, shared):
+    """levels_patch_features' worker (parallel.run_parallel): the faces taken in turn, each face's items in
+    order on one thread; shared[b] = whether face b shared conv1."""
+    P = corners.shape[1]
+    t = _take(counter)
+    if t < B:
+        scratch = _group_scratch(b2.shape[0], True)
+        done = np.zeros(1, np.int64)
+        while t < B:
+            level = _slot(data, offsets[t], shapes[t, 0], shapes[t, 1], shapes[t, 2])
+            plan = _face_plan(level, corners[t], w1t, b1p, w2f, b2, wa, ba, out[t * P:(t + 1) * P])
+            done[0] = 0
+            for i in range(plan[0] + (P + FEATURE_ITEM - 1) // FEATURE_ITEM):
+                _face_item(i, plan, level, corners[t], w1t, b1p, w2f, b2, wa, ba, scratch, done, out, t * P)
+            shared[t] = plan[0] > 0
+            t = _take(counter)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .contract import MEAN_STD_LANES, _take
+from .contract import MEAN_STD_LANES, _take, inline
+from .parallel import run_parallel
 
 
 @njit(cache=True)
@@ -42,7 +43,7 @@ def mean_std(x):
     return mean, math.sqrt(ss / n)
 
 
-@njit(cache=True)
+@inline
 def _level0_stats(level0):
     """mean_std of a flat level 0, a deviation of 0 (a constant level) replaced by 1, so the levels normalise
     to zeros instead of NaN."""
@@ -50,7 +51,7 @@ def _level0_stats(level0):
     return mean, (std if std > 0.0 else 1.0)
 
 
-@njit(cache=True)
+@inline
 def _normalise(x, mean, std):
     """x = float32((x - mean) / std) in place, computed in float64."""
     for i in range(x.size):
@@ -67,24 +68,31 @@ def normalise_pyramid(level0, level1, level2):
     _normalise(level2, mean, std)
 
 
-@njit(parallel=True, cache=True)
 def normalise_pyramids(data, offsets, sizes):
-    """normalise_pyramid for many faces in place, one face per thread at a time: face f's level L is the
+    """normalise_pyramid for many faces in place, one face per thread at a time (one face alone on the calling
+    thread): face f's level L is the
     sizes[f, L] values at data[offsets[f, L]:], level 0 first. offsets, sizes (F, n_levels) int64."""
-    F, n_levels = offsets.shape
-    if sizes.shape[0] != F or sizes.shape[1] != n_levels or n_levels < 1:
+    if not (isinstance(offsets, np.ndarray) and offsets.ndim == 2 and isinstance(sizes, np.ndarray)
+            and sizes.shape == offsets.shape and offsets.shape[1] >= 1):
         raise ValueError("normalise_pyramids: one offset and size per face and level")
-    for f in range(F):
-        for L in range(n_levels):
-            if offsets[f, L] < 0 or sizes[f, L] < 1 or offsets[f, L] + sizes[f, L] > data.shape[0]:
-                raise ValueError("normalise_pyramids: a level lies outside the buffer")
-    nxt = np.zeros(1, np.int64)
-    for _ in prange(F):                                  # the faces taken in turn (_take)
-        f = _take(nxt)
-        while f < F:
-            o0 = offsets[f, 0]
-            mean, std = _level0_stats(data[o0:o0 + sizes[f, 0]])
-            for L in range(n_levels):
-                o = offsets[f, L]
-                _normalise(data[o:o + sizes[f, L]], mean, std)
-            f = _take(nxt)
+    n = data.shape[0]
+    if any(o < 0 or s < 1 or o + s > n for o, s in zip(offsets.ravel().tolist(), sizes.ravel().tolist())):
+        raise ValueError("normalise_pyramids: a level lies outside the buffer")
+    F = offsets.shape[0]
+    if F == 1:              # one face: on this thread (waking another costs more than it would save)
+        _normalise_faces(np.zeros(1, np.int64), F, data, offsets, sizes)
+    else:
+        run_parallel(_normalise_faces, F, F, data, offsets, sizes)
+
+
+@njit(nogil=True, cache=True)
+def _normalise_faces(counter, F, data, offsets, sizes):
+    """normalise_pyramids' worker (parallel.run_parallel): the faces taken in turn."""
+    f = _take(counter)
+    while f < F:
+        o0 = offsets[f, 0]
+        mean, std = _level0_stats(data[o0:o0 + sizes[f, 0]])
+        for L in range(offsets.shape[1]):
+            o = offsets[f, L]
+            _normalise(data[o:o + sizes[f, L]], mean, std)
+        f = _take(counter)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from .contract import _slot, _take
+from .contract import _take, inline
+from .parallel import run_parallel
 
 
-@njit(cache=True)
+@inline
 def _tri_cdf(s):
     """Integral of the tent max(0, 1 - |u|) from -inf to s."""
     if s <= -1.0:
@@ -22,7 +23,7 @@ def _tri_cdf(s):
     return 1.0 - 0.5 * (1.0 - s) * (1.0 - s)
 
 
-@njit(cache=True)
+@inline
 def _kernel_1d(t, b):
     """kernels_ref.kernel_1d at one offset t: the tent, averaged over a box of width b (tent if b = 0)."""
     if b == 0.0:
@@ -30,7 +31,7 @@ def _kernel_1d(t, b):
     return (_tri_cdf(t + 0.5 * b) - _tri_cdf(t - 0.5 * b)) / b
 
 
-@njit(cache=True)
+@inline
 def _tap_shape(step):
     """(b, radius, T) of a resampling with this step: the box width b averaged over, the kernel's radius
     and the number of taps T per output."""
@@ -65,7 +66,7 @@ def _axis_taps(origin, step, n_out, size):
 RESAMPLE_ROWS = 16
 
 
-@njit(cache=True)
+@inline
 def resample_span(origin, step, n_out, size):
     """(first, last): the source pixels of one axis, inclusive and within [0, size), that outputs
     0 .. n_out - 1 of a resampling take taps from (first > last if none): the part of an image a caller must
@@ -76,7 +77,7 @@ def resample_span(origin, step, n_out, size):
     return max(0, first), min(size - 1, last)
 
 
-@njit(cache=True)
+@inline
 def _resample_setup(H, W, C, origin_x, origin_y, step, out_h, out_w):
     """The taps of both axes of an H x W x C image and the source columns that any output uses: (fx, wx,
     fy, wy, c_lo, n), n the number of source values (columns x channels) of one row from column c_lo; n = 0
@@ -133,7 +134,7 @@ def resample(image, origin_x, origin_y, step, out_h, out_w):
 
     image (H, W, C) uint8 or float32; output pixel (r, c) is centred at source
     (origin_x + step * c, origin_y + step * r); returns (out_h, out_w, C) float32.
-    Separable, vertical pass first, on tiles of RESAMPLE_ROWS output rows (the tiles run in parallel): the
+    Separable, vertical pass first, on tiles of RESAMPLE_ROWS output rows: the
     vertical pass blends the source rows under each output row (contiguous multiply-adds along the source
     columns that matter, which vectorise); the tile is transposed in cache, so the horizontal pass runs
     along the tile's rows (a short contiguous vector per tap) instead of one scalar at a time. Each output is
@@ -147,10 +148,11 @@ def resample(image, origin_x, origin_y, step, out_h, out_w):
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def resample_into(image, origin_x, origin_y, step, out):
     """resample(image, origin_x, origin_y, step, H, W) written into out (H, W, C) float32 (every output is
-    written: its previous contents do not matter)."""
+    written: its previous contents do not matter). On the calling thread (resample_many shares many
+    resamplings between the threads)."""
     H, W, C = image.shape
     out_h, out_w = out.shape[0], out.shape[1]
     if out.shape[2] != C:
@@ -161,11 +163,10 @@ def resample_into(image, origin_x, origin_y, step, out):
         flat[:, :] = 0.0
         return
     rows = np.ascontiguousarray(image).reshape(H, W * C)
-    for tile in prange((out_h + RESAMPLE_ROWS - 1) // RESAMPLE_ROWS):
+    for tile in range((out_h + RESAMPLE_ROWS - 1) // RESAMPLE_ROWS):
         _resample_tile(rows, 0, 0, C, fx, wx, fy, wy, c_lo, n, flat, tile)
 
 
-@njit(parallel=True, cache=True)
 def resample_many(image, window, origins_x, origins_y, steps, data, offsets, shapes):
     """Many resamplings of one image at once, one per thread at a time, into slots of one flat float32 buffer
     data (every value of a slot is written): data[offsets[i]:] holds output i as (shapes[i, 0],
@@ -176,33 +177,53 @@ def resample_many(image, window, origins_x, origins_y, steps, data, offsets, sha
     left + w - 1 of the full H x W image (all of it: (0, 0, h, w)), which must include every pixel an
     output takes (resample_span gives them; ValueError otherwise). So a caller can convert only a face's
     region of a large image, with the same result bit for bit."""
+    _check_many(image, window, origins_x, origins_y, steps, data, offsets, shapes)
+    J = offsets.shape[0]
+    run_parallel(_resample_outputs, J, J, np.ascontiguousarray(image), window, origins_x, origins_y, steps, data,
+                 offsets, shapes)
+
+
+def _check_many(image, window, origins_x, origins_y, steps, data, offsets, shapes):
+    """resample_many's arguments, checked (in Python, on Python numbers: nothing to compile, a few
+    microseconds for a face's three levels): ValueError unless every output fits its slot and takes only
+    pixels that the image window holds."""
     h, w, C = image.shape
-    top, left, H, W = window[0], window[1], window[2], window[3]
+    top, left, H, W = (int(v) for v in window)
     if top < 0 or left < 0 or top + h > H or left + w > W:
         raise ValueError("resample_many: the window (top, left, H, W) does not fit its image")
-    rows = np.ascontiguousarray(image).reshape(h, w * C)
     J = offsets.shape[0]
-    if origins_x.shape[0] != J or origins_y.shape[0] != J or steps.shape[0] != J or shapes.shape[0] != J \
-            or shapes.shape[1] != 2:
+    if not (offsets.ndim == 1 and shapes.shape == (J, 2) and origins_x.shape == origins_y.shape == steps.shape == (J,)):
         raise ValueError("resample_many: one origin, step, offset and (h, w) per output")
-    for i in range(J):
-        _slot(data, offsets[i], shapes[i, 0], shapes[i, 1], C)          # raises if it does not fit
-        if not steps[i] > 0.0 or shapes[i, 0] < 1 or shapes[i, 1] < 1:
+    whole = (top, left, h, w) == (0, 0, H, W)        # the whole image: every span lies in it
+    for o, (oh, ow), x0, y0, step in zip(offsets.tolist(), shapes.tolist(), origins_x.tolist(), origins_y.tolist(),
+                                         steps.tolist()):
+        if o < 0 or o + oh * ow * C > data.shape[0]:
+            raise ValueError("an image slot (offset, shape) lies outside its buffer")
+        if not (step > 0.0 and math.isfinite(step)) or oh < 1 or ow < 1:
             raise ValueError("resample: step must be > 0 and the output at least 1x1")
-        r_lo, r_hi = resample_span(origins_y[i], steps[i], shapes[i, 0], H)
-        c_lo, c_hi = resample_span(origins_x[i], steps[i], shapes[i, 1], W)
-        if r_lo <= r_hi and c_lo <= c_hi and (r_lo < top or r_hi >= top + h or c_lo < left or c_hi >= left + w):
-            raise ValueError("resample_many: the image window does not hold every pixel an output takes")
-    nxt = np.zeros(1, np.int64)
-    for _ in prange(J):                                  # the resamplings taken in turn (_take)
-        i = _take(nxt)
-        while i < J:
-            out_h, out_w = shapes[i, 0], shapes[i, 1]
-            fx, wx, fy, wy, c_lo, n = _resample_setup(H, W, C, origins_x[i], origins_y[i], steps[i], out_h, out_w)
-            flat = data[offsets[i]:offsets[i] + out_h * out_w * C].reshape((out_h, out_w * C))
-            if n == 0:                               # no source column under the output: all zeros
-                flat[:, :] = 0.0
-            else:
-                for tile in range((out_h + RESAMPLE_ROWS - 1) // RESAMPLE_ROWS):
-                    _resample_tile(rows, top, left, C, fx, wx, fy, wy, c_lo, n, flat, tile)
-            i = _take(nxt)
+        if not (math.isfinite(x0) and math.isfinite(y0)):
+            raise ValueError("resample_many: the origins must be finite")
+        if not whole:
+            r_lo, r_hi = resample_span(y0, step, oh, H)
+            c_lo, c_hi = resample_span(x0, step, ow, W)
+            if r_lo <= r_hi and c_lo <= c_hi and (r_lo < top or r_hi >= top + h or c_lo < left or c_hi >= left + w):
+                raise ValueError("resample_many: the image window does not hold every pixel an output takes")
+
+
+@njit(nogil=True, cache=True)
+def _resample_outputs(counter, J, image, window, origins_x, origins_y, steps, data, offsets, shapes):
+    """resample_many's worker (parallel.run_parallel): the resamplings taken in turn."""
+    h, w, C = image.shape
+    top, left, H, W = window[0], window[1], window[2], window[3]
+    rows = image.reshape(h, w * C)
+    i = _take(counter)
+    while i < J:
+        out_h, out_w = shapes[i, 0], shapes[i, 1]
+        fx, wx, fy, wy, c_lo, n = _resample_setup(H, W, C, origins_x[i], origins_y[i], steps[i], out_h, out_w)
+        flat = data[offsets[i]:offsets[i] + out_h * out_w * C].reshape((out_h, out_w * C))
+        if n == 0:                               # no source column under the output: all zeros
+            flat[:, :] = 0.0
+        else:
+            for tile in range((out_h + RESAMPLE_ROWS - 1) // RESAMPLE_ROWS):
+                _resample_tile(rows, top, left, C, fx, wx, fy, wy, c_lo, n, flat, tile)
+        i = _take(counter)

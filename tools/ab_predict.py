@@ -1,0 +1,91 @@
+"""Warm `predict` of one face in this tree against another checkout (a change against its base), in
+alternating fresh processes: an A/B within one process is biased (OpenMP's threads keep spinning after
+one side's parallel regions), and a shared machine drifts, so each round runs one process per tree (A then
+B, then B then A in the next round) and the medians of the rounds are compared.
+
+    python tools/ab_predict.py OTHER_TREE [--rounds 8] [--calls 150] [--threads 1,2] [--weights musica68]
+
+OTHER_TREE: a checkout of this project, e.g. `git worktree add /tmp/base main`. Each process warms up
+(20 calls, compiling or loading its kernels from a cache keyed by its own sources, tools/numba_cache.py),
+then times `calls` predicts at each thread count and reports their median. Prints the machine it ran on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = r"""
+import json, sys, time
+root, weights, calls, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+sys.path.insert(0, root)
+from tools.numba_cache import use_keyed_cache
+use_keyed_cache()
+import numba
+import musica_ref as m
+from tools.make_example import FACE_BOX
+model = m.MuSiCa.load(weights)
+image = m.load_image(root + "/examples/face.png")
+out = {}
+for n in (int(v) for v in threads.split(",")):
+    numba.set_num_threads(n)
+    for _ in range(20):
+        model.predict(image, FACE_BOX)
+    ts = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        model.predict(image, FACE_BOX)
+        ts.append(time.perf_counter() - t)
+    ts.sort()
+    out[n] = ts[len(ts) // 2]
+print(json.dumps(out))
+"""
+
+
+def run(tree, a):
+    p = subprocess.run([sys.executable, "-c", CHILD, str(tree), a.weights, str(a.calls), a.threads],
+                       capture_output=True, text=True, cwd=tree, env=dict(os.environ))
+    if p.returncode != 0:
+        sys.exit(f"ab_predict: the process for {tree} failed:\n{p.stderr[-2000:]}")
+    return {int(k): v for k, v in json.loads(p.stdout.strip().splitlines()[-1]).items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("other", type=Path, help="another checkout of this project")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--calls", type=int, default=150)
+    ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
+    ap.add_argument("--weights", default="musica68")
+    a = ap.parse_args(argv)
+    other = a.other.resolve()
+    if not (other / "musica_ref").is_dir():
+        sys.exit(f"ab_predict: {other} is not a checkout of this project")
+    trees = {"this": ROOT, "other": other}
+    runs = {name: [] for name in trees}
+    for r in range(a.rounds):
+        order = list(trees) if r % 2 == 0 else list(trees)[::-1]      # A B, B A, ...: a drift cancels out
+        for name in order:
+            runs[name].append(run(trees[name], a))
+        print(f"round {r + 1}: " + "; ".join(
+            f"{name} " + " ".join(f"{n}t {v * 1e3:.3f}" for n, v in res[-1].items()) for name, res in runs.items()),
+            flush=True)
+    sys.path.insert(0, str(ROOT))
+    from tools.time_predict import machine
+    print(f"median over {a.rounds} rounds of each process's median of {a.calls} warm predicts (ms):")
+    for n in (int(v) for v in a.threads.split(",")):
+        this = statistics.median(res[n] for res in runs["this"])
+        base = statistics.median(res[n] for res in runs["other"])
+        print(f"  {n} thread(s): this {this * 1e3:.3f}, other {base * 1e3:.3f}, this / other {this / base:.3f}")
+    print(f"this: {ROOT}; other: {other}")
+    print(f"machine: {machine()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -179,3 +179,6 @@ def test_ab_predict_compares_a_tree_with_itself(capsys):
     ab_predict.main([str(root), "--rounds", "1", "--calls", "3", "--threads", "1", "--weights", "musica19"])
     out = capsys.readouterr().out
     assert "round 1: this 1t" in out and "1 thread(s): this" in out and "this / other" in out and "machine:" in out
+    ab_predict.main([str(root), "--paired", "--calls", "3", "--threads", "1", "--weights", "musica19"])
+    out = capsys.readouterr().out
+    assert "1 thread(s): this" in out and "one process" in out and "machine:" in out

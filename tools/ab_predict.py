@@ -4,10 +4,16 @@ one side's parallel regions), and a shared machine drifts, so each round runs on
 B, then B then A in the next round) and the medians of the rounds are compared.
 
     python tools/ab_predict.py OTHER_TREE [--rounds 8] [--calls 150] [--threads 1,2] [--weights musica68]
+    python tools/ab_predict.py OTHER_TREE --paired [--calls 400]
 
 OTHER_TREE: a checkout of this project, e.g. `git worktree add /tmp/base main`. Each process warms up
 (20 calls, compiling or loading its kernels from a cache keyed by its own sources, tools/numba_cache.py),
 then times `calls` predicts at each thread count and reports their median. Prints the machine it ran on.
+
+--paired: both trees in one process (the other tree's package imported under another name), their predicts
+alternating call by call, A B B A ...: immune to the differences between processes (on a shared virtual
+machine a process can land on a slower host core for its whole life), though each side's calls run with the
+other's code and data in the caches.
 """
 from __future__ import annotations
 
@@ -56,6 +62,51 @@ def run(tree, a):
     return {int(k): v for k, v in json.loads(p.stdout.strip().splitlines()[-1]).items()}
 
 
+PAIRED = r"""
+import importlib.util, json, statistics, sys, time
+this, other, weights, calls, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+sys.path.insert(0, this)
+from tools.numba_cache import use_keyed_cache
+use_keyed_cache()
+import numba
+from tools.make_example import FACE_BOX
+def load(name, root):
+    spec = importlib.util.spec_from_file_location(name, root + "/musica_ref/__init__.py",
+                                                  submodule_search_locations=[root + "/musica_ref"])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+import musica_ref
+mods = {"this": musica_ref, "other": load("musica_ref_other", other)}
+models = {k: m.MuSiCa.load(weights) for k, m in mods.items()}
+image = musica_ref.load_image(this + "/examples/face.png")
+out = {}
+for n in (int(v) for v in threads.split(",")):
+    numba.set_num_threads(n)
+    ts = {k: [] for k in models}
+    for i in range(calls + 20):
+        for k in (("this", "other") if i % 2 == 0 else ("other", "this")):
+            t = time.perf_counter()
+            models[k].predict(image, FACE_BOX)
+            if i >= 20:
+                ts[k].append(time.perf_counter() - t)
+    out[n] = {k: statistics.median(v) for k, v in ts.items()}
+print(json.dumps(out))
+"""
+
+
+def paired(other, a):
+    """Both trees in one process, alternating call by call: the medians per thread count."""
+    p = subprocess.run([sys.executable, "-c", PAIRED, str(ROOT), str(other), a.weights, str(a.calls), a.threads],
+                       capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
+    if p.returncode != 0:
+        sys.exit(f"ab_predict: the paired process failed:\n{p.stderr[-2000:]}")
+    for n, med in json.loads(p.stdout.strip().splitlines()[-1]).items():
+        print(f"  {n} thread(s): this {med['this'] * 1e3:.3f}, other {med['other'] * 1e3:.3f}, "
+              f"this / other {med['this'] / med['other']:.3f}  (medians of {a.calls} alternating calls, one process)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("other", type=Path, help="another checkout of this project")
@@ -63,10 +114,18 @@ def main(argv=None):
     ap.add_argument("--calls", type=int, default=150)
     ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
     ap.add_argument("--weights", default="musica68")
+    ap.add_argument("--paired", action="store_true", help="both trees in one process, calls alternating")
     a = ap.parse_args(argv)
     other = a.other.resolve()
     if not (other / "musica_ref").is_dir():
         sys.exit(f"ab_predict: {other} is not a checkout of this project")
+    if a.paired:
+        sys.path.insert(0, str(ROOT))
+        from tools.time_predict import machine
+        paired(other, a)
+        print(f"this: {ROOT}; other: {other}")
+        print(f"machine: {machine()}")
+        return
     trees = {"this": ROOT, "other": other}
     runs = {name: [] for name in trees}
     for r in range(a.rounds):

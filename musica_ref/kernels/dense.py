@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit
 
 from .contract import FC_KCHUNK, _finish, _take, _wait_for, madd, widen
-from .parallel import run_parallel
+from .parallel import run_alone, run_parallel
 
 # --- constants that only tune speed (no result depends on them) ----------------------------------------------
 # each work item of the fully connected kernel reuses a weight row for FC_ROWS inputs of the batch
@@ -99,7 +99,7 @@ def _fc_groups(counter, n_groups, x, weight, start, out):
 @njit(nogil=True, cache=True)
 def _fc_chunks(counter, n_items, x, weight, start, part, done, out):
     """out = start + x @ weight for up to FC_GROUP_BLOCKS blocks of FC_ROWS inputs, as a worker
-    (parallel.run_parallel, or called directly for the calling thread alone): the first n_kc items are the
+    (parallel.run_parallel, or run_alone for the calling thread alone): the first n_kc items are the
     chunks (each for every block, so its weights come from memory once and from the cache after) into
     part (n_kc, B, M), counted in done when finished; the next ones add the partial sums of a block of
     FC_ROWS inputs in chunk order, once every chunk is finished (_wait_for)."""
@@ -157,7 +157,7 @@ def _fully_connected(x, weight, bias, scale, name):
         n_items = n_kc + n_rb
         args = (n_items, x, weight, start, part, np.zeros(1, np.int64), out)
         if K * M <= FC_SERIAL_WEIGHTS:                 # a small layer: on this thread
-            _fc_chunks(np.zeros(1, np.int64), *args)
+            run_alone(_fc_chunks, *args)
         else:
             run_parallel(_fc_chunks, n_items, *args)
     if scale is not None:

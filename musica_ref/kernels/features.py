@@ -274,10 +274,10 @@ def _group_scratch(C, groups):
 @inline
 def _group_conv1(xt, n, w1t, b1, c1, p1g):
     """conv1 of n <= FEATURE_ITEM 14x14 patches side by side in xt (see GROUP_W) into c1 (rows GROUP_W wide:
-    patch k's 12x12 block from column k * 14), then their pool1 into p1g (_pool1_group). conv1 runs as one span over the 12 output rows of the group:
-    output i * GROUP_W + j reads input (i + di) * GROUP_W + j + dj of each channel (the 2 last columns of
-    each patch are computed and not read), so each block of 4 channels is a few long vector loops, not n
-    short ones."""
+    patch k's 12x12 block from column k * 14), then their pool1 into p1g (_pool1_group). conv1 runs as one
+    span over the 12 output rows of the group: output i * GROUP_W + j reads input (i + di) * GROUP_W + j + dj
+    of each channel (the 2 last columns of each patch are computed and not read), so each block of 4
+    channels is a few long vector loops, not n short ones."""
     for o in range(0, w1t.shape[0], CONV1_OUT_BLOCK):
         _conv1_span(xt, w1t, b1, o, c1, uint64(GROUP_W), uint64(GROUP_L), uint64(0),
                     uint64((CONV1_SIDE - 1) * GROUP_W + (n - 1) * PATCH_SIZE + CONV1_SIDE))
@@ -485,6 +485,7 @@ def _face_item(t, plan, level, corners, w1t, b1p, w2f, b2, wa, ba, scratch, done
         _patch_from_pool1(src, base, Q, w2f, b2, wa, ba, tail, out[out0 + p])
 
 
+@inline
 def _n_items(plan, P):
     """The work items of one face: its conv1 map's blocks, then its groups of patches."""
     return plan[0] + (P + FEATURE_ITEM - 1) // FEATURE_ITEM
@@ -554,7 +555,7 @@ def _faces(counter, B, data, offsets, shapes, corners, w1t, b1p, w2f, b2, wa, ba
             level = _slot(data, offsets[t], shapes[t, 0], shapes[t, 1], shapes[t, 2])
             plan = _face_plan(level, corners[t], w1t, b1p, w2f, b2, wa, ba, out[t * P:(t + 1) * P])
             done[0] = 0
-            for i in range(plan[0] + (P + FEATURE_ITEM - 1) // FEATURE_ITEM):
+            for i in range(_n_items(plan, P)):
                 _face_item(i, plan, level, corners[t], w1t, b1p, w2f, b2, wa, ba, scratch, done, out, t * P)
             shared[t] = plan[0] > 0
             t = _take(counter)

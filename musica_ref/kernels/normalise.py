@@ -69,8 +69,7 @@ def normalise_pyramid(level0, level1, level2):
 
 
 def normalise_pyramids(data, offsets, sizes):
-    """normalise_pyramid for many faces in place, one face per thread at a time (one face alone on the calling
-    thread): face f's level L is the
+    """normalise_pyramid for many faces in place, one face per thread at a time: face f's level L is the
     sizes[f, L] values at data[offsets[f, L]:], level 0 first. offsets, sizes (F, n_levels) int64."""
     if not (isinstance(offsets, np.ndarray) and offsets.ndim == 2 and isinstance(sizes, np.ndarray)
             and sizes.shape == offsets.shape and offsets.shape[1] >= 1):
@@ -79,10 +78,7 @@ def normalise_pyramids(data, offsets, sizes):
     if any(o < 0 or s < 1 or o + s > n for o, s in zip(offsets.ravel().tolist(), sizes.ravel().tolist())):
         raise ValueError("normalise_pyramids: a level lies outside the buffer")
     F = offsets.shape[0]
-    if F == 1:              # one face: on this thread (waking another costs more than it would save)
-        _normalise_faces(np.zeros(1, np.int64), F, data, offsets, sizes)
-    else:
-        run_parallel(_normalise_faces, F, F, data, offsets, sizes)
+    run_parallel(_normalise_faces, F, F, data, offsets, sizes)
 
 
 @njit(nogil=True, cache=True)

@@ -20,8 +20,8 @@ and one small parallel loop, `_launch`, calls the worker on every thread through
 code is not copied into the loop's wrappers (the loop is compiled once per worker signature, in well under
 a second, and cached like every kernel). A thread's call takes items until none is left, so the items are
 shared out as they are finished (contract._take), and which thread computes an item never changes its
-result. `worker(np.zeros(1, np.int64), n_items, ...)` called directly runs every item on the calling thread
-(the small layers do, where waking another thread costs more than the work).
+result. `run_alone(worker, n_items, ...)` runs every item on the calling thread (the small layers do, where
+waking another thread costs more than the work; so does a run of one item).
 
 Workers must not raise: a worker's exception cannot cross the threads, so it is reported as a RuntimeError
 naming the worker. The kernels check their inputs before they launch.
@@ -114,6 +114,17 @@ def _address(worker, args):
     return found
 
 
+def run_alone(worker, *args):
+    """worker(counter, *args) on the calling thread alone, with a new counter: every item runs here (a small
+    job, where waking another thread costs more than it saves). A worker's exception is reported as by
+    run_parallel."""
+    try:
+        worker(np.zeros(1, np.int64), *args)
+    except Exception as e:
+        raise RuntimeError(f"{worker.__name__}: a worker raised an exception (workers must not raise: "
+                           "the kernel should have refused its inputs before it started)") from e
+
+
 def run_parallel(worker, n_items, *args):
     """worker(counter, *args) on every thread (at most n_items of them) with one counter from 0: the work
     items 0 .. n_items - 1 shared out as they are finished. args are what the worker takes after its
@@ -124,6 +135,8 @@ def run_parallel(worker, n_items, *args):
     one tuple of types), so a run with the types of the last one costs one call."""
     if n_items <= 0:
         return
+    if n_items == 1:                                 # nothing to share
+        return run_alone(worker, *args)
     address, token = _last.get(worker, (0, -1))
     failed = _launch(address, token, n_items, *args)
     if failed < 0:                                   # other argument types than its last run

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .contract import _take, inline
+from .contract import _slot, _take, inline
 from .parallel import run_parallel
 
 
@@ -197,8 +197,7 @@ def _check_many(image, window, origins_x, origins_y, steps, data, offsets, shape
     whole = (top, left, h, w) == (0, 0, H, W)        # the whole image: every span lies in it
     for o, (oh, ow), x0, y0, step in zip(offsets.tolist(), shapes.tolist(), origins_x.tolist(), origins_y.tolist(),
                                          steps.tolist()):
-        if o < 0 or o + oh * ow * C > data.shape[0]:
-            raise ValueError("an image slot (offset, shape) lies outside its buffer")
+        _slot.py_func(data, o, oh, ow, C)           # raises if it does not fit (its compiled twin is not needed)
         if not (step > 0.0 and math.isfinite(step)) or oh < 1 or ow < 1:
             raise ValueError("resample: step must be > 0 and the output at least 1x1")
         if not (math.isfinite(x0) and math.isfinite(y0)):

@@ -28,7 +28,7 @@ import numpy as np
 from . import geometry, kernels
 from .errors import InputError
 from .io import as_rgb, image_or_path, image_view
-from .network import HIDDEN, feature_weights, iteration_forward, iteration_forward_levels
+from .network import HIDDEN, feature_weights, iteration_forward, iteration_forward_levels, warm_head
 from .pyramid import Pyramids
 from .models import DEFAULT_MODEL, resolve_model
 from .quantize import QUANTIZED, with_precision
@@ -207,6 +207,9 @@ class MuSiCa:
 
     def _run(self, images, boxes, ts, tf) -> list[Result]:
         """One pass of the cascade over faces (images[i], boxes[i]), BATCH_CHUNK at a time."""
+        if kernels.precompile.start(one_face=len(boxes) == 1):      # a first run: while a helper process
+            warm_head(self.weights.iterations[0], min(len(boxes), BATCH_CHUNK))  # compiles the features, the
+                                                                                 # layers after them here
         results = []
         with self._spare_lock:                              # this call's buffer; another call at the same
             buffer, self._spare = self._spare, None         # time finds none and makes its own

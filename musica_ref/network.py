@@ -114,6 +114,16 @@ def iteration_forward_levels(data, offsets, shapes, corners, h_prev, w, counter:
     return _recurrent_head(gated, h_prev, w, counter)
 
 
+def warm_head(w, n_faces: int) -> None:
+    """Run the recurrent and output layers of weights w once on zeros for n_faces faces: their kernels are
+    compiled (or loaded from the cache) for these weights' storage now, not when the first features are
+    ready (a first run compiles them while a helper process compiles the feature extractor,
+    kernels.precompile)."""
+    n_patches = (w["recurrent/weight"].shape[0] - HIDDEN) // FEATURES
+    _recurrent_head(np.zeros((n_faces * n_patches, FEATURES), np.float32), np.zeros((n_faces, HIDDEN), np.float32),
+                    w, None)
+
+
 def _recurrent_head(gated, h_prev, w, counter):
     """The recurrent and output layers on the gated features (B*P, 256) of B faces; counts the iteration's
     multiply-adds into counter. Returns (out (B, 2N+1), hidden (B, 512))."""

@@ -11,6 +11,11 @@ Tolerances, per operation (eps = float32 machine epsilon, 1.19e-7):
 - twins against scipy (both float64): 1e-9 relative to the data's scale.
 The bounds were set from the arithmetic, not from observed differences.
 """
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
@@ -22,10 +27,11 @@ from hypothesis import strategies as st
 import numba
 from numba import njit
 
+import musica_ref as m
 from musica_ref import kernels as K
 from musica_ref import kernels_ref as R
 
-from conftest import EPS32
+from conftest import EPS32, EXAMPLE, EXAMPLE_BOX, ROOT
 
 seeds = st.integers(0, 2**32 - 1)
 scales = st.sampled_from([1e-3, 1.0, 30.0, 1e3])
@@ -672,6 +678,98 @@ def test_run_parallel_reports_a_worker_that_raises():
     """A worker's exception cannot cross the threads: run_parallel raises a RuntimeError naming the worker."""
     with pytest.raises(RuntimeError, match="_raises"):
         K.parallel.run_parallel(_raises, 4, 4)
+
+
+# --- a first run's feature worker compiled in a helper process (kernels.precompile) ---------------------------
+
+def test_precompile_knows_the_argument_types_its_workers_are_run_with():
+    """The helper compiles each feature worker for the types in precompile.WORKERS: they must be the types
+    level_patch_features (one face) and levels_patch_features (a batch) run it with, or the helper's work
+    is wasted."""
+    rng = np.random.default_rng(0)
+    C = 32
+    w = K.feature_weights(rnd(rng, (3, 3, 3, C)), rnd(rng, (C,)), rnd(rng, (3, 3, C, C)), rnd(rng, (C,)),
+                          rnd(rng, (8 * C, 8 * C)), rnd(rng, (8 * C,)))
+    level = rnd(rng, (40, 40, 3))
+    corners = rng.integers(-4, 30, (9, 2)).astype(np.int64)
+    K.level_patch_features(level, corners, *w, np.empty((9, 8 * C), np.float32))
+    data = np.concatenate([level.ravel(), level.ravel()])
+    K.levels_patch_features(data, np.array([0, level.size]), np.array([level.shape] * 2), np.stack([corners] * 2),
+                            *w, np.empty((18, 8 * C), np.float32))
+    for name, (worker, types) in K.precompile.WORKERS.items():
+        assert types in [tuple(t) for t in worker.signatures], name
+    for kernel, types in K.precompile.SHARED:
+        assert types in [tuple(t) for t in kernel.signatures], kernel.__name__
+
+
+def test_a_first_run_compiles_the_feature_worker_in_a_helper_process(tmp_path):
+    """A fresh process with an empty cache: its first predict starts the helper, loads the feature worker
+    from the cache the helper filled (it does not compile it itself), and gives the bits of a process that
+    compiled everything itself."""
+    if K.precompile._cores() < 2:
+        pytest.skip("one core: no helper process is started")
+    child = (
+        "import json, sys\n"
+        "import musica_ref as m\n"
+        "from musica_ref.kernels import features, precompile\n"
+        "model = m.MuSiCa(m.random_weights(m.get_variant('musica19'), seed=3))\n"
+        "r = model.predict(m.load_image(sys.argv[1]), (92, 112, 228, 236))\n"
+        "compiled_here = [bool((c.metadata or {}).get('timers')) for c in features._face_items.overloads.values()]\n"
+        "print(json.dumps({'started': precompile.started, 'compiled_here': compiled_here,\n"
+        "                  'landmarks': r.landmarks.tolist()}))\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), MUSICA_REF_COMPILE_HELPER="1")
+    p = subprocess.run([sys.executable, "-c", child, str(EXAMPLE)], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got["started"] == ["_face_items"] and got["compiled_here"] == [False]
+    want = m.MuSiCa(m.random_weights(m.get_variant("musica19"), seed=3)).predict(m.load_image(EXAMPLE), EXAMPLE_BOX)
+    np.testing.assert_array_equal(np.array(got["landmarks"]), want.landmarks)
+
+
+@njit(nogil=True)
+def _count_up(counter, n, out, value):
+    t = K.contract._take(counter)
+    while t < n:
+        out[t] = value + t
+        t = K.contract._take(counter)
+
+
+def test_no_helper_process_where_it_cannot_help(monkeypatch):
+    """precompile.start starts nothing, and the run compiles the worker itself, when the helper is turned
+    off, the machine has one core, or no process can be started; a run waits for a helper that is too slow
+    only so long, then stops it."""
+    popen_calls = []
+
+    def popen(*a, **k):
+        popen_calls.append(a)
+        raise OSError("no processes here")
+
+    monkeypatch.setattr(K.precompile, "_load_cached", lambda worker, sig: False)
+    monkeypatch.setattr(K.precompile.subprocess, "Popen", popen)
+    for env, cores in (("0", 8), ("1", 1), ("1", 8)):
+        monkeypatch.setattr(K.precompile, "_asked", set())
+        monkeypatch.setenv("MUSICA_REF_COMPILE_HELPER", env)
+        monkeypatch.setattr(K.precompile, "_cores", lambda: cores)
+        assert K.precompile.start(one_face=True) is False
+    assert len(popen_calls) == 1 and not K.parallel._elsewhere          # only the last could try
+
+    class Slow:
+        killed = waited = 0
+
+        def wait(self, timeout=None):
+            self.waited += 1
+            if timeout is not None:
+                raise subprocess.TimeoutExpired("helper", timeout)
+
+        def kill(self):
+            self.killed += 1
+    slow = Slow()
+    K.parallel.compiled_elsewhere(_count_up, slow)
+    out = np.zeros(10)
+    K.parallel.run_parallel(_count_up, 10, 10, out, 1.0)                  # waits, stops it, runs anyway
+    assert slow.killed == 1 and slow.waited == 2 and not K.parallel._elsewhere
+    np.testing.assert_array_equal(out, 1.0 + np.arange(10))
 
 
 # --- int8 recurrent weights ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ module per stage of the pipeline:
     contract         the numerical contract (FC_KCHUNK, MEAN_STD_LANES), fused multiply-add (madd), float16
                      widening (widen), work taken in turn by the threads (_take) and the LLVM code they need
     parallel         a worker run on every thread (run_parallel), without a prange loop around its code
+    precompile       a first run's largest kernel compiled in a helper process, on another core
     resampling       each pyramid level, one resampling of the source image          docs/model.md §4.3
     normalise        the levels by level 0's mean and population deviation           §4.4
     layers           patches and the network's layers one at a time                  §5, §6
@@ -22,7 +23,7 @@ Rules for every kernel here:
 
 Every public kernel has its twin in kernels_ref (tests/test_kernels.py walks kernels_ref.TWINS).
 """
-from . import contract, dense, features, layers, normalise, parallel, resampling
+from . import contract, dense, features, layers, normalise, parallel, precompile, resampling
 # the contract's constants and helpers (the tests reach the helpers through this package too)
 from .contract import (FC_KCHUNK, FMA_IN_HARDWARE, HALF_IN_HARDWARE, MEAN_STD_LANES,  # noqa: F401
                        _fma_emulated, _fma_in_hardware, _half_bits_integer, _half_in_hardware, _take, llvm,

@@ -157,6 +157,27 @@ def _launch(address, token, n_items, *args):
 
 _addresses = {}      # (worker, argument fingerprints) -> (the compiled worker's entry point, its types' token)
 _last = {}           # worker -> (entry point, token) of its last run
+_elsewhere = {}      # worker -> the helper process compiling it into the disk cache (precompile.py)
+
+# how long a run waits for a helper process to compile its worker before it compiles the worker itself
+HELPER_WAIT_S = 600
+
+
+def compiled_elsewhere(worker, process):
+    """Note that `process` (a subprocess.Popen) is compiling `worker` into Numba's disk cache: its first run
+    waits for the process to end, then loads the worker from the cache (or compiles it, if the process
+    failed)."""
+    _elsewhere[worker] = process
+
+
+def _wait_for_helper(worker):
+    process = _elsewhere.pop(worker, None)
+    if process is not None:
+        try:
+            process.wait(HELPER_WAIT_S)
+        except Exception:                                # it takes too long: compile here
+            process.kill()
+            process.wait()
 
 
 def _address(worker, args):
@@ -166,6 +187,7 @@ def _address(worker, args):
     found = _addresses.get(key)
     if found is None:
         _launch_threads()        # the threading layer's functions, which _launch calls, known to the linker
+        _wait_for_helper(worker)
         sig = tuple(numba.typeof(a) for a in (np.zeros(1, np.int64),) + args)
         worker.compile(sig)
         cres = worker.overloads[sig]
@@ -178,6 +200,8 @@ def run_alone(worker, *args):
     """worker(counter, *args) on the calling thread alone, with a new counter: every item runs here (a small
     job, where waking another thread costs more than it saves). A worker's exception is reported as by
     run_parallel."""
+    if _elsewhere:
+        _wait_for_helper(worker)
     try:
         worker(np.zeros(1, np.int64), *args)
     except Exception as e:

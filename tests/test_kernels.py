@@ -320,6 +320,14 @@ def test_resample_many_rejects_slots_outside_the_buffer_and_short_windows():
     assert K.resample_span(0.0, 1.0, 2, 8) == (0, 3) and K.resample_span(0.0, 1.0, 2, 2) == (0, 1)
     with pytest.raises(ValueError, match="channels"):
         K.resample_into(img, 0.0, 0.0, 1.0, np.zeros((2, 2, 1), np.float32))
+    # outputs that overlap the image (the tile kernel is compiled on the promise that they do not)
+    buf = np.zeros(400, np.float32)
+    image = buf[:192].reshape(8, 8, 3)
+    with pytest.raises(ValueError, match="overlap"):
+        K.resample_many(image, all8, one, one, one + 1, buf, np.array([200]), np.array([[2, 2]]))
+    with pytest.raises(ValueError, match="overlap"):
+        K.resample_into(image, 0.0, 0.0, 1.0, buf[180:192].reshape(2, 2, 3))
+    K.resample_into(image, 0.0, 0.0, 1.0, buf[192:204].reshape(2, 2, 3))     # right after it: fine
 
 
 # --- the fused feature extractor ------------------------------------------------------------------------------

@@ -182,3 +182,8 @@ def test_ab_predict_compares_a_tree_with_itself(capsys):
     ab_predict.main([str(root), "--paired", "--calls", "3", "--threads", "1", "--weights", "musica19"])
     out = capsys.readouterr().out
     assert "1 thread(s): this" in out and "one process" in out and "machine:" in out
+    ab_predict.main([str(root), "--stages", "--calls", "3", "--threads", "1", "--weights", "musica19"])
+    out = capsys.readouterr().out
+    for kernel in ("resample_many", "normalise_pyramid", "level_patch_features", "fully_connected"):
+        assert kernel in out
+    assert "19 patches" in out and "machine:" in out

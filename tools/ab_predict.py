@@ -5,6 +5,7 @@ B, then B then A in the next round) and the medians of the rounds are compared.
 
     python tools/ab_predict.py OTHER_TREE [--rounds 8] [--calls 150] [--threads 1,2] [--weights musica68]
     python tools/ab_predict.py OTHER_TREE --paired [--calls 400]
+    python tools/ab_predict.py OTHER_TREE --stages [--calls 1500] [--threads 1]
 
 OTHER_TREE: a checkout of this project, e.g. `git worktree add /tmp/base main`. Each process warms up
 (20 calls, compiling or loading its kernels from a cache keyed by its own sources, tools/numba_cache.py),
@@ -14,6 +15,11 @@ then times `calls` predicts at each thread count and reports their median. Print
 alternating call by call, A B B A ...: immune to the differences between processes (on a shared virtual
 machine a process can land on a slower host core for its whole life), though each side's calls run with the
 other's code and data in the caches.
+
+--stages: as --paired, but per kernel: the arguments this tree's kernels get in one predict (the
+resamplings, the normalisation, the feature kernel at each iteration's level, the fully connected layers)
+recorded once, then each kernel of both trees called with them, alternating, --calls times; the medians per
+kernel.
 """
 from __future__ import annotations
 
@@ -96,6 +102,56 @@ print(json.dumps(out))
 """
 
 
+STAGES = PAIRED.split("out = {}")[0] + r"""
+import numpy as np
+kernels = musica_ref.kernels
+names = ("resample_many", "normalise_pyramid", "level_patch_features", "fully_connected")
+recorded = []
+def recorder(name, f):
+    def call(*args):
+        recorded.append((name, tuple(a.copy() if isinstance(a, np.ndarray) else a for a in args)))
+        return f(*args)
+    return call
+originals = {n: getattr(kernels, n) for n in names}
+for n, f in originals.items():
+    setattr(kernels, n, recorder(n, f))
+models["this"].predict(image, FACE_BOX)
+for n, f in originals.items():
+    setattr(kernels, n, f)
+out = {}
+for n in (int(v) for v in threads.split(",")):
+    numba.set_num_threads(n)
+    rows = []
+    for i, (name, args) in enumerate(recorded):
+        fs = {k: getattr(m.kernels, name) for k, m in mods.items()}
+        ts = {k: [] for k in fs}
+        for j in range(calls + 20):
+            for k in (("this", "other") if j % 2 == 0 else ("other", "this")):
+                t = time.perf_counter()
+                fs[k](*args)
+                if j >= 20:
+                    ts[k].append(time.perf_counter() - t)
+        shape = (f"{args[1].shape[0]} patches" if name == "level_patch_features" else
+                 f"{args[1].dtype} {args[1].shape[0]} x {args[1].shape[1]}" if name == "fully_connected" else "")
+        rows.append([i, name, shape, statistics.median(ts["this"]), statistics.median(ts["other"])])
+    out[n] = rows
+print(json.dumps(out))
+"""
+
+
+def stages(other, a):
+    """Both trees in one process, kernel by kernel (see --stages): the medians per call."""
+    p = subprocess.run([sys.executable, "-c", STAGES, str(ROOT), str(other), a.weights, str(a.calls), a.threads],
+                       capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
+    if p.returncode != 0:
+        sys.exit(f"ab_predict: the stages process failed:\n{p.stderr[-2000:]}")
+    for n, rows in json.loads(p.stdout.strip().splitlines()[-1]).items():
+        print(f"{n} thread(s), medians of {a.calls} alternating calls per kernel (us):")
+        print(f"  {'call':>4s} {'kernel':22s} {'input':22s} {'this':>9s} {'other':>9s} {'this / other':>12s}")
+        for i, name, shape, this, base in rows:
+            print(f"  {i:4d} {name:22s} {shape:22s} {this * 1e6:9.1f} {base * 1e6:9.1f} {this / base:12.3f}")
+
+
 def paired(other, a):
     """Both trees in one process, alternating call by call: the medians per thread count."""
     p = subprocess.run([sys.executable, "-c", PAIRED, str(ROOT), str(other), a.weights, str(a.calls), a.threads],
@@ -115,14 +171,15 @@ def main(argv=None):
     ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
     ap.add_argument("--weights", default="musica68")
     ap.add_argument("--paired", action="store_true", help="both trees in one process, calls alternating")
+    ap.add_argument("--stages", action="store_true", help="both trees in one process, kernel by kernel")
     a = ap.parse_args(argv)
     other = a.other.resolve()
     if not (other / "musica_ref").is_dir():
         sys.exit(f"ab_predict: {other} is not a checkout of this project")
-    if a.paired:
+    if a.paired or a.stages:
         sys.path.insert(0, str(ROOT))
         from tools.time_predict import machine
-        paired(other, a)
+        (stages if a.stages else paired)(other, a)
         print(f"this: {ROOT}; other: {other}")
         print(f"machine: {machine()}")
         return

@@ -16,6 +16,8 @@ Rules for every kernel here:
 - every multiply-add of the network's layers is one fused multiply-add (`madd`: acc + x * w rounded once),
   never a multiply and an add, so vectorised and scalar loops give the same bits on every machine;
 - `cache=True`, so a second process loads the compiled code from disk instead of compiling again;
+- `@disjoint` (LLVM noalias arguments) only for a leaf whose arrays never overlap and whose written elements
+  no other thread touches while it runs (contract.py);
 - float32 activations in and out; the accumulator type is stated in each docstring;
 - the summation order of every output element is fixed by the loop nest and does not depend on the batch
   size or on how the work is split between threads, so results are bit-identical whether a face is

@@ -16,6 +16,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
+from numba.core.compiler import Compiler
 from numba.extending import intrinsic, overload
 
 # A helper decorated @inline is inlined by Numba into each kernel that calls it, before it is compiled: it is
@@ -24,6 +25,25 @@ from numba.extending import intrinsic, overload
 # chain N deep is optimised N times; docs/engine.md). The kernels' helpers that hold the loops are @inline,
 # the tiny ones (one fused multiply-add, a few of them) stay functions of their own, which LLVM inlines.
 inline = njit(cache=True, inline="always")
+
+
+class _DisjointArguments(Compiler):
+    """Numba's compiler with its `noalias` flag set (as in the functions Numba generates for a prange loop):
+    every pointer argument (an array's data) is marked noalias for LLVM, which may then assume that while
+    the function runs, the memory it reaches through one argument is reached through no other pointer, by
+    no other thread. So a loop that reads one array and writes another needs no runtime overlap check to
+    vectorise, and values loaded from one stay in registers across stores to the other."""
+
+    def define_pipelines(self):
+        self.state.flags.noalias = True
+        return super().define_pipelines()
+
+
+# A kernel decorated @disjoint is compiled so (above): only for the leaves that the workers call, whose
+# arrays never overlap one another and whose written elements no other thread reads or writes while they run
+# (each call has its own scratch, its own rows or channels of an output): _conv1_span, _conv2, _fc_chunk,
+# _resample_tile. Never a worker: its counters are changed by the other threads.
+disjoint = njit(cache=True, pipeline_class=_DisjointArguments)
 
 # --- constants that fix results (part of the numerical contract: a bit-exact port copies them) ---------------
 # The fully connected kernel sums its K inputs in fixed chunks of FC_KCHUNK, each from 0, then bias + chunk 0 +
@@ -238,9 +258,19 @@ def _wait_for(counter, n):
         pass
 
 
+SLOT_OUTSIDE = "an image slot (offset, shape) lies outside its buffer"
+
+
+@inline
+def _slot_fits(size, offset, h, w, c):
+    """Whether an (h, w, c) array at offset lies inside a flat buffer of `size` values (_slot's check; its
+    Python twin, _slot_fits.py_func, checks slots from Python without making a view)."""
+    return offset >= 0 and h >= 0 and w >= 0 and c >= 0 and offset + h * w * c <= size
+
+
 @njit(cache=True)
 def _slot(data, offset, h, w, c):
     """The (h, w, c) array at data[offset:] (a view); ValueError if it does not fit in data."""
-    if offset < 0 or h < 0 or w < 0 or c < 0 or offset + h * w * c > data.shape[0]:
-        raise ValueError("an image slot (offset, shape) lies outside its buffer")
+    if not _slot_fits(data.shape[0], offset, h, w, c):
+        raise ValueError(SLOT_OUTSIDE)
     return data[offset:offset + h * w * c].reshape((h, w, c))

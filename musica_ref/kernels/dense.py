@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .contract import FC_KCHUNK, _finish, _take, _wait_for, madd, widen
+from .contract import FC_KCHUNK, _finish, _take, _wait_for, disjoint, madd, widen
 from .parallel import run_alone, run_parallel
 
 # --- constants that only tune speed (no result depends on them) ----------------------------------------------
@@ -21,7 +21,7 @@ FC_GROUP_BLOCKS = 4
 FC_SERIAL_WEIGHTS = 2 ** 17
 
 
-@njit(cache=True)
+@disjoint
 def _fc_chunk(x, weight, r0, nr, c, acc, ks, xs):
     """acc[r] = sum over k of chunk c (in order) of x[r0 + r, k] * weight[k], starting from 0, each term a fused
     multiply-add; inputs that are exactly 0 are skipped (adding 0 * w, w finite, leaves every partial sum as

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, uint64
 
-from .contract import FC_KCHUNK, _finish, _slot, _take, _wait_for, inline, madd
+from .contract import FC_KCHUNK, _finish, _slot, _take, _wait_for, disjoint, inline, madd
 from ..geometry import PATCH_SIZE
 from .dense import _fc_chunk
 from .parallel import run_parallel
@@ -34,7 +34,7 @@ def _add3(u, x0, x1, x2, w0, w1, w2):
     return madd(madd(madd(u, x0, w0), x1, w1), x2, w2)
 
 
-@njit(cache=True)
+@disjoint
 def _conv1_span(xt, w1t, b1, o, c1, S, L, n0, n1):
     """Output channels o .. o + 3 of conv1 on channel-major rows of width S: c1[o + q, n] = b1[o + q] + sum
     over (c, di, dj) in order of xt[c * L + n + di * S + dj] * w1t[o + q, (c * 3 + di) * 3 + dj], for
@@ -118,7 +118,7 @@ def _add_row4(s0, s1, s2, s3, x0, x1, x2, x3, w):
     return madd(s0, x0, w), madd(s1, x1, w), madd(s2, x2, w), madd(s3, x3, w)
 
 
-@njit(cache=True)
+@disjoint
 def _conv2(p1, base, Q1, w2f, b2, c2, S2):
     """conv2 + bias + ReLU: c2[(i * S2 + j) * C + o] = bias + sum over (c, di, dj) in order of
     p1[c, base + (i + di) * Q1 + j + dj] * w2f[((c * 3 + di) * 3 + dj) * C + o]: the 6x6 input of channel c
@@ -500,7 +500,7 @@ def level_patch_features(level, corners, w1t, b1p, w2f, b2, wa, ba, out):
     out (P, 8C) float32, written. Returns whether conv1 was shared.
     """
     plan = _face_plan(level, corners, w1t, b1p, w2f, b2, wa, ba, out)
-    n = _n_items(plan, corners.shape[0])
+    n = _n_items.py_func(plan, corners.shape[0])           # in Python: no call into compiled code
     run_parallel(_face_items, n, n, *plan, level, corners, w1t, b1p, w2f, b2, wa, ba, np.zeros(1, np.int64), out)
     return plan[0] > 0
 

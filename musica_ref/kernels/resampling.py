@@ -7,7 +7,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .contract import _slot, _take, inline
+from .contract import SLOT_OUTSIDE, _slot_fits, _take, disjoint, inline
 from .parallel import run_parallel
 
 
@@ -91,7 +91,7 @@ def _resample_setup(H, W, C, origin_x, origin_y, step, out_h, out_w):
     return fx, wx, fy, wy, c_lo, max(0, (c_hi - c_lo + 1) * C)
 
 
-@njit(cache=True)
+@disjoint
 def _resample_tile(rows, top, left, C, fx, wx, fy, wy, c_lo, n, flat, tile):
     """Output rows tile * RESAMPLE_ROWS .. of one resampling (see resample) into flat (out_h, out_w * C).
     rows: the image's rows from row top, columns from column left, as (rows, cols * C)."""
@@ -151,18 +151,20 @@ def resample(image, origin_x, origin_y, step, out_h, out_w):
 @njit(cache=True)
 def resample_into(image, origin_x, origin_y, step, out):
     """resample(image, origin_x, origin_y, step, H, W) written into out (H, W, C) float32 (every output is
-    written: its previous contents do not matter). On the calling thread (resample_many shares many
-    resamplings between the threads)."""
+    written: its previous contents do not matter; it must not overlap the image). On the calling thread
+    (resample_many shares many resamplings between the threads)."""
     H, W, C = image.shape
     out_h, out_w = out.shape[0], out.shape[1]
     if out.shape[2] != C:
         raise ValueError("resample: the output needs the image's channels")
     fx, wx, fy, wy, c_lo, n = _resample_setup(H, W, C, origin_x, origin_y, step, out_h, out_w)
     flat = out.reshape(out_h, out_w * C)
+    rows = np.ascontiguousarray(image).reshape(H, W * C)
+    if rows.ctypes.data < flat.ctypes.data + flat.nbytes and flat.ctypes.data < rows.ctypes.data + rows.nbytes:
+        raise ValueError("resample: the output must not overlap the image")    # _resample_tile is @disjoint
     if n == 0:                                       # no source column under the output: all zeros
         flat[:, :] = 0.0
         return
-    rows = np.ascontiguousarray(image).reshape(H, W * C)
     for tile in range((out_h + RESAMPLE_ROWS - 1) // RESAMPLE_ROWS):
         _resample_tile(rows, 0, 0, C, fx, wx, fy, wy, c_lo, n, flat, tile)
 
@@ -176,7 +178,7 @@ def resample_many(image, window, origins_x, origins_y, steps, data, offsets, sha
     window (top, left, H, W) int64: `image` (h, w, C) holds rows top .. top + h - 1 and columns left ..
     left + w - 1 of the full H x W image (all of it: (0, 0, h, w)), which must include every pixel an
     output takes (resample_span gives them; ValueError otherwise). So a caller can convert only a face's
-    region of a large image, with the same result bit for bit."""
+    region of a large image, with the same result bit for bit. data must not overlap the image."""
     _check_many(image, window, origins_x, origins_y, steps, data, offsets, shapes)
     J = offsets.shape[0]
     run_parallel(_resample_outputs, J, J, np.ascontiguousarray(image), window, origins_x, origins_y, steps, data,
@@ -188,6 +190,8 @@ def _check_many(image, window, origins_x, origins_y, steps, data, offsets, shape
     microseconds for a face's three levels): ValueError unless every output fits its slot and takes only
     pixels that the image window holds."""
     h, w, C = image.shape
+    if np.may_share_memory(image, data):                                 # _resample_tile is @disjoint
+        raise ValueError("resample_many: data must not overlap the image")
     top, left, H, W = (int(v) for v in window)
     if top < 0 or left < 0 or top + h > H or left + w > W:
         raise ValueError("resample_many: the window (top, left, H, W) does not fit its image")
@@ -195,9 +199,11 @@ def _check_many(image, window, origins_x, origins_y, steps, data, offsets, shape
     if not (offsets.ndim == 1 and shapes.shape == (J, 2) and origins_x.shape == origins_y.shape == steps.shape == (J,)):
         raise ValueError("resample_many: one origin, step, offset and (h, w) per output")
     whole = (top, left, h, w) == (0, 0, H, W)        # the whole image: every span lies in it
+    size = data.shape[0]
     for o, (oh, ow), x0, y0, step in zip(offsets.tolist(), shapes.tolist(), origins_x.tolist(), origins_y.tolist(),
                                          steps.tolist()):
-        _slot.py_func(data, o, oh, ow, C)           # raises if it does not fit (its compiled twin is not needed)
+        if not _slot_fits.py_func(size, o, oh, ow, C):
+            raise ValueError(SLOT_OUTSIDE)
         if not (step > 0.0 and math.isfinite(step)) or oh < 1 or ow < 1:
             raise ValueError("resample: step must be > 0 and the output at least 1x1")
         if not (math.isfinite(x0) and math.isfinite(y0)):

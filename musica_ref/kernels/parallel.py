@@ -37,6 +37,7 @@ convention (`context.call_conv.call_function`), as a call between two compiled f
 from __future__ import annotations
 
 import hashlib
+import subprocess
 
 import numba
 import numpy as np
@@ -171,11 +172,13 @@ def compiled_elsewhere(worker, process):
 
 
 def _wait_for_helper(worker):
+    """Wait for the helper process compiling `worker`, if there is one (at most HELPER_WAIT_S, then stop it:
+    this process compiles the worker itself)."""
     process = _elsewhere.pop(worker, None)
     if process is not None:
         try:
             process.wait(HELPER_WAIT_S)
-        except Exception:                                # it takes too long: compile here
+        except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
 

@@ -149,9 +149,10 @@ def box_frame_shape(points, box) -> np.ndarray:
 def patch_corners(centres) -> np.ndarray:
     """Top-left pixel (col, row) of the PATCH_SIZE x PATCH_SIZE patch around each centre (x, y).
 
-    centres (..., 2) float, e.g. (P, 2) -> the same shape, int64: (floor(x) - 7, floor(y) - 7) (docs/model.md §5).
+    centres (..., 2) float, e.g. (P, 2) -> the same shape, int64, C-contiguous (the kernels are compiled for
+    that layout): (floor(x) - 7, floor(y) - 7) (docs/model.md §5).
     """
-    return np.floor(np.asarray(centres, dtype=np.float64)).astype(np.int64) - PATCH_BEFORE
+    return np.floor(np.asarray(centres, dtype=np.float64)).astype(np.int64, order="C") - PATCH_BEFORE
 
 
 def eye_corners(n_landmarks: int):

@@ -690,30 +690,30 @@ def test_run_parallel_reports_a_worker_that_raises():
 
 # --- a first run's feature worker compiled in a helper process (kernels.precompile) ---------------------------
 
-def test_precompile_knows_the_argument_types_its_workers_are_run_with():
+def test_precompile_knows_the_argument_types_its_workers_are_run_with(monkeypatch):
     """The helper compiles each feature worker for the types in precompile.WORKERS: they must be the types
-    level_patch_features (one face) and levels_patch_features (a batch) run it with, or the helper's work
-    is wasted."""
-    rng = np.random.default_rng(0)
-    C = 32
-    w = K.feature_weights(rnd(rng, (3, 3, 3, C)), rnd(rng, (C,)), rnd(rng, (3, 3, C, C)), rnd(rng, (C,)),
-                          rnd(rng, (8 * C, 8 * C)), rnd(rng, (8 * C,)))
-    level = rnd(rng, (40, 40, 3))
-    corners = rng.integers(-4, 30, (9, 2)).astype(np.int64)
-    K.level_patch_features(level, corners, *w, np.empty((9, 8 * C), np.float32))
-    data = np.concatenate([level.ravel(), level.ravel()])
-    K.levels_patch_features(data, np.array([0, level.size]), np.array([level.shape] * 2), np.stack([corners] * 2),
-                            *w, np.empty((18, 8 * C), np.float32))
+    a model's runs give it (one face: level_patch_features; a batch: levels_patch_features), or the helper's
+    work is wasted and the run compiles the worker again itself."""
+    seen = {}
+    real = K.features.run_parallel
+
+    def spy(worker, n_items, *args):
+        seen[worker] = tuple(numba.typeof(a) for a in (np.zeros(1, np.int64),) + args)
+        return real(worker, n_items, *args)
+    monkeypatch.setattr(K.features, "run_parallel", spy)
+    model = m.MuSiCa(m.random_weights(m.get_variant("musica19"), seed=1))
+    image = m.load_image(EXAMPLE)
+    model.predict(image, EXAMPLE_BOX)
+    model.predict_batch(image, [EXAMPLE_BOX, (60, 70, 240, 250)])
     for name, (worker, types) in K.precompile.WORKERS.items():
-        assert types in [tuple(t) for t in worker.signatures], name
-    for kernel, types in K.precompile.SHARED:
-        assert types in [tuple(t) for t in kernel.signatures], kernel.__name__
+        assert seen[worker] == types, name
 
 
 def test_a_first_run_compiles_the_feature_worker_in_a_helper_process(tmp_path):
     """A fresh process with an empty cache: its first predict starts the helper, loads the feature worker
-    from the cache the helper filled (it does not compile it itself), and gives the bits of a process that
-    compiled everything itself."""
+    from the cache the helper filled (it does not compile it itself), compiles the fully connected chunk
+    only for the types it gave the helper, and gives the bits of a process that compiled everything
+    itself."""
     if K.precompile._cores() < 2:
         pytest.skip("one core: no helper process is started")
     child = (
@@ -723,7 +723,8 @@ def test_a_first_run_compiles_the_feature_worker_in_a_helper_process(tmp_path):
         "model = m.MuSiCa(m.random_weights(m.get_variant('musica19'), seed=3))\n"
         "r = model.predict(m.load_image(sys.argv[1]), (92, 112, 228, 236))\n"
         "compiled_here = [bool((c.metadata or {}).get('timers')) for c in features._face_items.overloads.values()]\n"
-        "print(json.dumps({'started': precompile.started, 'compiled_here': compiled_here,\n"
+        "chunk = [str(t) for t in precompile.dense._fc_chunk.signatures]\n"
+        "print(json.dumps({'started': precompile.started, 'compiled_here': compiled_here, 'chunk': chunk,\n"
         "                  'landmarks': r.landmarks.tolist()}))\n")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), MUSICA_REF_COMPILE_HELPER="1")
     p = subprocess.run([sys.executable, "-c", child, str(EXAMPLE)], capture_output=True, text=True, env=env,
@@ -731,6 +732,9 @@ def test_a_first_run_compiles_the_feature_worker_in_a_helper_process(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     got = json.loads(p.stdout.strip().splitlines()[-1])
     assert got["started"] == ["_face_items"] and got["compiled_here"] == [False]
+    # float32 weights everywhere: the chunk is compiled for one tuple of types, SHARED's (else the helper
+    # compiled it too, and the two processes could write its cache index at once)
+    assert got["chunk"] == [str(K.precompile.SHARED[0][1])]
     want = m.MuSiCa(m.random_weights(m.get_variant("musica19"), seed=3)).predict(m.load_image(EXAMPLE), EXAMPLE_BOX)
     np.testing.assert_array_equal(np.array(got["landmarks"]), want.landmarks)
 

@@ -5,7 +5,7 @@ Numba compiles one function at a time per process (a global lock), and a new env
 is mostly compiling. The largest kernel, the feature extractor's worker (about half of that time), has
 argument types that do not depend on the model or the image (float32 maps and weights, int64 indices). So
 when a run is about to need it and Numba's disk cache does not hold it, `start(one_face)` starts a helper
-process (`python -m musica_ref.kernels.precompile WORKER`) that compiles it into the cache, and this
+process (`python -c HELPER WORKER`, below) that compiles it into the cache, and this
 process goes on with the resamplings, the normalisation and the plan; when it reaches the worker
 (parallel.run_parallel), it waits for the helper and loads the worker from the cache.
 
@@ -111,7 +111,7 @@ def start(one_face: bool) -> bool:
                                                                       os.environ.get("PYTHONPATH")])))
         if numba.config.CACHE_DIR:                          # the same cache, however this process set it
             env["NUMBA_CACHE_DIR"] = numba.config.CACHE_DIR
-        helper = subprocess.Popen([sys.executable, "-m", __name__, name], cwd=package_root, env=env,
+        helper = subprocess.Popen([sys.executable, "-c", HELPER, name], cwd=package_root, env=env,
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except Exception:               # no helper (Numba's cache API changed, no process could start): compile here
         return False
@@ -120,13 +120,13 @@ def start(one_face: bool) -> bool:
     return True
 
 
-def main(argv=None) -> int:
+def main(argv) -> int:
     """The helper: compile the named worker for its argument types (into Numba's disk cache)."""
-    (name,) = sys.argv[1:] if argv is None else argv
+    (name,) = argv
     worker, sig = WORKERS[name]
     worker.compile(sig)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# the helper's command (python -c HELPER WORKER; not -m: the package imports this module before it would run)
+HELPER = "import sys; from musica_ref.kernels.precompile import main; sys.exit(main(sys.argv[1:]))"

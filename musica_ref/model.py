@@ -207,9 +207,9 @@ class MuSiCa:
 
     def _run(self, images, boxes, ts, tf) -> list[Result]:
         """One pass of the cascade over faces (images[i], boxes[i]), BATCH_CHUNK at a time."""
-        if kernels.precompile.start(one_face=len(boxes) == 1):      # a first run: while a helper process
-            warm_head(self.weights.iterations[0], min(len(boxes), BATCH_CHUNK))  # compiles the features, the
-                                                                                 # layers after them here
+        # a first run: while a helper process compiles the feature extractor, the layers after it compile here
+        if kernels.precompile.start(one_face=len(boxes) == 1):
+            warm_head(self.weights.iterations[0], min(len(boxes), BATCH_CHUNK))
         results = []
         with self._spare_lock:                              # this call's buffer; another call at the same
             buffer, self._spare = self._spare, None         # time finds none and makes its own

@@ -739,14 +739,6 @@ def test_a_first_run_compiles_the_feature_worker_in_a_helper_process(tmp_path):
     np.testing.assert_array_equal(np.array(got["landmarks"]), want.landmarks)
 
 
-@njit(nogil=True)
-def _count_up(counter, n, out, value):
-    t = K.contract._take(counter)
-    while t < n:
-        out[t] = value + t
-        t = K.contract._take(counter)
-
-
 def test_no_helper_process_where_it_cannot_help(monkeypatch):
     """precompile.start starts nothing, and the run compiles the worker itself, when the helper is turned
     off, the machine has one core, or no process can be started; a run waits for a helper that is too slow
@@ -777,9 +769,11 @@ def test_no_helper_process_where_it_cannot_help(monkeypatch):
         def kill(self):
             self.killed += 1
     slow = Slow()
-    K.parallel.compiled_elsewhere(_count_up, slow)
+    monkeypatch.setattr(K.parallel, "_addresses", {})                     # as if _fill had never run
+    monkeypatch.setattr(K.parallel, "_last", {})
+    K.parallel.compiled_elsewhere(_fill, slow)
     out = np.zeros(10)
-    K.parallel.run_parallel(_count_up, 10, 10, out, 1.0)                  # waits, stops it, runs anyway
+    K.parallel.run_parallel(_fill, 10, 10, out, 1.0)                      # waits, stops it, runs anyway
     assert slow.killed == 1 and slow.waited == 2 and not K.parallel._elsewhere
     np.testing.assert_array_equal(out, 1.0 + np.arange(10))
 

@@ -139,13 +139,18 @@ print(json.dumps(out))
 """
 
 
-def stages(other, a):
-    """Both trees in one process, kernel by kernel (see --stages): the medians per call."""
-    p = subprocess.run([sys.executable, "-c", STAGES, str(ROOT), str(other), a.weights, str(a.calls), a.threads],
+def one_process(script, other, a):
+    """Run a script of both trees in one process (PAIRED, STAGES); what it printed last, as JSON."""
+    p = subprocess.run([sys.executable, "-c", script, str(ROOT), str(other), a.weights, str(a.calls), a.threads],
                        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
     if p.returncode != 0:
-        sys.exit(f"ab_predict: the stages process failed:\n{p.stderr[-2000:]}")
-    for n, rows in json.loads(p.stdout.strip().splitlines()[-1]).items():
+        sys.exit(f"ab_predict: the process with both trees failed:\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def stages(other, a):
+    """Both trees in one process, kernel by kernel (see --stages): the medians per call."""
+    for n, rows in one_process(STAGES, other, a).items():
         print(f"{n} thread(s), medians of {a.calls} alternating calls per kernel (us):")
         print(f"  {'call':>4s} {'kernel':22s} {'input':22s} {'this':>9s} {'other':>9s} {'this / other':>12s}")
         for i, name, shape, this, base in rows:
@@ -154,11 +159,7 @@ def stages(other, a):
 
 def paired(other, a):
     """Both trees in one process, alternating call by call: the medians per thread count."""
-    p = subprocess.run([sys.executable, "-c", PAIRED, str(ROOT), str(other), a.weights, str(a.calls), a.threads],
-                       capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
-    if p.returncode != 0:
-        sys.exit(f"ab_predict: the paired process failed:\n{p.stderr[-2000:]}")
-    for n, med in json.loads(p.stdout.strip().splitlines()[-1]).items():
+    for n, med in one_process(PAIRED, other, a).items():
         print(f"  {n} thread(s): this {med['this'] * 1e3:.3f}, other {med['other'] * 1e3:.3f}, "
               f"this / other {med['this'] / med['other']:.3f}  (medians of {a.calls} alternating calls, one process)")
 

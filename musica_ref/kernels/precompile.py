@@ -35,6 +35,7 @@ def _types(*examples):
 
 
 def _a(dtype, ndim):
+    """An example array of this dtype and number of dimensions (C-contiguous, as the kernels are given)."""
     return np.zeros((1,) * ndim, dtype)
 
 

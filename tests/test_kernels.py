@@ -688,6 +688,37 @@ def test_run_parallel_reports_a_worker_that_raises():
         K.parallel.run_parallel(_raises, 4, 4)
 
 
+def test_run_parallel_from_two_threads_on_the_workqueue_layer():
+    """Numba's workqueue threading layer aborts the process when two threads run parallel regions at once;
+    with it, run_parallel's runs take turns (a fresh process: the layer is chosen once)."""
+    child = (
+        "import threading\n"
+        "import numpy as np, numba\n"
+        "from numba import njit\n"
+        "from musica_ref import kernels as K\n"
+        "@njit(nogil=True)\n"
+        "def spin(counter, n, out):\n"
+        "    t = K.contract._take(counter)\n"
+        "    while t < n:\n"
+        "        s = 0.0\n"
+        "        for i in range(20000):\n"
+        "            s += np.sqrt(i + t)\n"
+        "        out[t] = s\n"
+        "        t = K.contract._take(counter)\n"
+        "outs = [np.zeros(64) for _ in range(2)]\n"
+        "def run(k):\n"
+        "    for _ in range(100):\n"
+        "        K.parallel.run_parallel(spin, 64, 64, outs[k])\n"
+        "threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]\n"
+        "for t in threads: t.start()\n"
+        "for t in threads: t.join()\n"
+        "print(numba.threading_layer(), bool(np.array_equal(outs[0], outs[1]) and outs[0].all()))\n")
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    p = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["workqueue", "True"]
+
+
 # --- a first run's feature worker compiled in a helper process (kernels.precompile) ---------------------------
 
 def test_precompile_knows_the_argument_types_its_workers_are_run_with(monkeypatch):

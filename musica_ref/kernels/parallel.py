@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import threading
 
 import numba
 import numpy as np
@@ -156,6 +157,11 @@ def _launch(address, token, n_items, *args):
     return _call_on_threads(address, n_items, np.zeros(1, np.int64), args)
 
 
+# Numba's workqueue threading layer (where neither OpenMP nor TBB is there) runs one parallel region at a
+# time: a second one started meanwhile, from another Python thread, aborts the process. With it, the runs
+# take turns (this lock); the other layers run regions from several threads at once.
+_one_region_at_a_time = None
+
 _addresses = {}      # (worker, argument fingerprints) -> (the compiled worker's entry point, its types' token)
 _last = {}           # worker -> (entry point, token) of its last run
 _elsewhere = {}      # worker -> the helper process compiling it into the disk cache (precompile.py)
@@ -189,7 +195,10 @@ def _address(worker, args):
     key = (worker,) + tuple(map(compute_fingerprint, args))
     found = _addresses.get(key)
     if found is None:
+        global _one_region_at_a_time
         _launch_threads()        # the threading layer's functions, which _launch calls, known to the linker
+        if _one_region_at_a_time is None:
+            _one_region_at_a_time = threading.Lock() if numba.threading_layer() == "workqueue" else False
         _wait_for_helper(worker)
         sig = tuple(numba.typeof(a) for a in (np.zeros(1, np.int64),) + args)
         worker.compile(sig)
@@ -212,6 +221,14 @@ def run_alone(worker, *args):
                            "the kernel should have refused its inputs before it started)") from e
 
 
+def _launch_for(worker, last, n_items, args):
+    failed = _launch(*last, n_items, *args)
+    if failed < 0:                                   # other argument types than its last run
+        last = _last[worker] = _address(worker, args)
+        failed = _launch(*last, n_items, *args)
+    return failed
+
+
 def run_parallel(worker, n_items, *args):
     """worker(counter, *args) on every thread (at most n_items of them) with one counter from 0: the work
     items 0 .. n_items - 1 shared out as they are finished. args are what the worker takes after its
@@ -227,10 +244,11 @@ def run_parallel(worker, n_items, *args):
     last = _last.get(worker)
     if last is None:                                 # its first run
         last = _last[worker] = _address(worker, args)
-    failed = _launch(*last, n_items, *args)
-    if failed < 0:                                   # other argument types than its last run
-        last = _last[worker] = _address(worker, args)
-        failed = _launch(*last, n_items, *args)
+    if _one_region_at_a_time:
+        with _one_region_at_a_time:
+            failed = _launch_for(worker, last, n_items, args)
+    else:
+        failed = _launch_for(worker, last, n_items, args)
     if failed:
         raise RuntimeError(f"{worker.__name__}: a worker raised an exception (workers must not raise: "
                            "the kernel should have refused its inputs before it started)")

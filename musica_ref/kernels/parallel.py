@@ -102,12 +102,9 @@ def _call_on_threads(typingctx, address, n_items, counter, args):
             tb.ret_void()
         # the frame, and the threading layer's arguments: one array (the frame, the same for every call)
         frame = cgutils.alloca_once(builder, frame_ty)
-        builder.store(ir.Constant.literal_struct([ir.Constant(i64, None), ir.Constant(cnt.type, None),
-                                                  ir.Constant(tup.type, None), i64(0)]), frame)
-        frame_val = builder.insert_value(builder.load(frame), builder.sext(addr, i64) if addr.type.width < 64
-                                         else addr, 0)
-        frame_val = builder.insert_value(builder.insert_value(frame_val, cnt, 1), tup, 2)
-        builder.store(frame_val, frame)
+        value = ir.Constant(frame_ty, None)                              # all zeros: no call has raised
+        value = builder.insert_value(value, builder.sext(addr, i64) if addr.type.width < 64 else addr, 0)
+        builder.store(builder.insert_value(builder.insert_value(value, cnt, 1), tup, 2), frame)
         threads = builder.call(cgutils.get_or_insert_function(module, ir.FunctionType(intp, []),
                                                               "get_num_threads"), [])
         n = context.cast(builder, n, n_items, types.intp)

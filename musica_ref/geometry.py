@@ -104,6 +104,17 @@ def face_frame(box) -> FaceFrame:
                      level_shapes=shapes)
 
 
+def stacked_frames(frames) -> FaceFrame:
+    """F frames as one FaceFrame whose fields are arrays over the faces, shaped to broadcast against points
+    (F, N, 2): origin and box_offset (F, 1, 2), scale (F, 1, 1); level_shapes keeps one tuple per frame.
+    initial_shape and level_to_image take it as they take one frame and give, face by face, the same
+    numbers (the same float64 operations, elementwise)."""
+    return FaceFrame(origin=np.array([fr.origin for fr in frames], np.float64).reshape(-1, 1, 2),
+                     scale=np.array([fr.scale for fr in frames], np.float64).reshape(-1, 1, 1),
+                     box_offset=np.array([fr.box_offset for fr in frames], np.float64).reshape(-1, 1, 2),
+                     level_shapes=tuple(fr.level_shapes for fr in frames))
+
+
 def max_level_shape(level: int) -> tuple[int, int]:
     """The largest (H_L, W_L) any face's level L can have (a square box): a canvas every level fits in."""
     n = int(math.floor((1 + 2 * MARGIN) * BB_SIZE / 2 ** level + _SIZE_EPS)) + 1
@@ -117,7 +128,8 @@ def image_to_level(points, frame: FaceFrame, level: int) -> np.ndarray:
 
 
 def level_to_image(points, frame: FaceFrame, level: int) -> np.ndarray:
-    """Level-L (x, y) -> image (x, y); the exact inverse of image_to_level. (..., 2) -> (..., 2)."""
+    """Level-L (x, y) -> image (x, y); the exact inverse of image_to_level. (..., 2) -> (..., 2); with
+    stacked_frames, (F, N, 2) -> (F, N, 2)."""
     p = np.asarray(points, dtype=np.float64)
     return p / frame.level_scale(level) + np.asarray(frame.origin)
 
@@ -132,7 +144,7 @@ def sampling_grid(frame: FaceFrame, level: int):
 
 def initial_shape(mean_shape, frame: FaceFrame) -> np.ndarray:
     """The mean shape (N, 2), given in the box frame (box top-left at 0, longer side BB_SIZE), placed in
-    the box: level-0 coordinates (N, 2) float64."""
+    the box: level-0 coordinates (N, 2) float64; with stacked_frames, (F, N, 2)."""
     return np.asarray(mean_shape, dtype=np.float64) + np.asarray(frame.box_offset)
 
 

@@ -239,14 +239,16 @@ class MuSiCa:
         """Run the cascade on the faces of filled pyramids. With keep=True also return, per iteration,
         the patch centres, the patches and the named intermediates of the faces still running."""
         F, N, idx = len(pyramids), self.n_landmarks, self.patch_indices
-        frames = pyramids.frames
-        init0 = np.stack([geometry.initial_shape(self.mean_shape, fr) for fr in frames])      # (F, N, 2)
+        frames = geometry.stacked_frames(pyramids.frames)
+        init0 = geometry.initial_shape(self.mean_shape, frames)                                 # (F, N, 2)
         d = np.zeros((F, N, 2))                  # displacement, in the current level's pixels
         h = np.zeros((F, HIDDEN), np.float32)    # recurrent state
         active = np.arange(F)                    # faces still running
-        errors = [[] for _ in range(F)]
-        history = [[] for _ in range(F)]
-        counters = [Counter() for _ in range(F)]
+        n_levels = len(geometry.ITERATION_LEVELS)
+        errors = np.empty((F, n_levels))
+        history = np.empty((F, n_levels, N, 2))  # landmarks after each iteration, image pixels
+        runs = np.zeros(F, np.int64)             # iterations run per face
+        steps = []                               # per iteration: (faces running, their multiply-adds)
         trace = []
         for i, L in enumerate(geometry.ITERATION_LEVELS):
             centres = init0[active][:, idx] / 2 ** L + d[active][:, idx]                    # (Fa, P, 2)
@@ -265,27 +267,27 @@ class MuSiCa:
                                                       self.weights.iterations[i], step, self._features[i])
             h[active] = h_new
             d[active] += out[:, :2 * N].reshape(-1, N, 2)
-            still = []
-            for row, f in enumerate(active):
-                for k, v in step.items():           # every face did the same work in this iteration (v is a
-                    counters[f][k] += v // len(active)  # multiple of the faces running)
-                e = float(out[row, 2 * N])
-                errors[f].append(e)
-                frame = frames[f]
-                history[f].append(geometry.level_to_image(init0[f] / 2 ** L + d[f], frame, L))
-                if not (ts > 0 and e < ts):
-                    still.append(f)
-            active = np.asarray(still, dtype=np.int64)
+            e = out[:, 2 * N].astype(np.float64)
+            errors[active, i] = e
+            history[active, i] = geometry.level_to_image(init0 / 2 ** L + d, frames, L)[active]
+            runs[active] += 1
+            steps.append((len(active), step))   # every face did the same work (v is a multiple of the faces)
+            active = active[~((ts > 0) & (e < ts))]
             if len(active) == 0:
                 break
             d[active] *= 2                          # Eq. 1: move to the next, twice finer level
         results = []
         for f in range(F):
-            e = np.asarray(errors[f])
+            k = runs[f]
+            macs = Counter()
+            for n_faces, step in steps[:k]:
+                for name, v in step.items():
+                    macs[name] += v // n_faces
+            e = errors[f, :k].copy()
             results.append(Result(
-                landmarks=history[f][-1], errors=e, iterations=len(e), failed=bool(e[-1] > tf),
-                multiply_adds=sum(v for k, v in counters[f].items() if k != "gate"),
-                history=np.stack(history[f]), macs_by_layer=dict(counters[f])))
+                landmarks=history[f, k - 1].copy(), errors=e, iterations=int(k), failed=bool(e[-1] > tf),
+                multiply_adds=sum(v for name, v in macs.items() if name != "gate"),
+                history=history[f, :k].copy(), macs_by_layer=dict(macs)))
         return (results, trace) if keep else results
 
     def trace(self, image, box):

@@ -71,9 +71,9 @@ def check_box(box, image_shape=None) -> np.ndarray:
         raise InputError(f"box must be 4 numbers (x0, y0, x1, y1), got {box!r}") from exc
     if b.shape != (4,):
         raise InputError(f"box must be 4 numbers (x0, y0, x1, y1), got shape {b.shape}")
-    if not np.all(np.isfinite(b)):
+    x0, y0, x1, y1 = b.tolist()                 # Python floats: cheaper to compare than NumPy scalars
+    if not (math.isfinite(x0) and math.isfinite(y0) and math.isfinite(x1) and math.isfinite(y1)):
         raise InputError(f"box has a non-finite coordinate: {b.tolist()}")
-    x0, y0, x1, y1 = b
     if x1 <= x0 or y1 <= y0:
         raise InputError(f"box has zero or negative size: (x0, y0, x1, y1) = {b.tolist()} "
                          f"gives w = {x1 - x0:g}, h = {y1 - y0:g}; both must be > 0")

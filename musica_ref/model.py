@@ -190,8 +190,8 @@ class MuSiCa:
         given = []
         for i, (im, b) in enumerate(zip(images, boxes)):
             try:
-                given.append(tuple(float(v) for v in geometry.check_box(
-                    b, im.shape if isinstance(im, np.ndarray) and im.ndim >= 2 else None)))
+                given.append(tuple(geometry.check_box(
+                    b, im.shape if isinstance(im, np.ndarray) and im.ndim >= 2 else None).tolist()))
             except InputError as exc:
                 raise InputError(f"box {i} of {len(boxes)}: {exc}" if len(boxes) > 1 else str(exc)) from None
         results = self._run(images, boxes, ts, tf)
@@ -244,6 +244,7 @@ class MuSiCa:
         d = np.zeros((F, N, 2))                  # displacement, in the current level's pixels
         h = np.zeros((F, HIDDEN), np.float32)    # recurrent state
         active = np.arange(F)                    # faces still running
+        init_p = init0[:, idx]                   # (F, P, 2) the patches' landmarks
         n_levels = len(geometry.ITERATION_LEVELS)
         errors = np.empty((F, n_levels))
         history = np.empty((F, n_levels, N, 2))  # landmarks after each iteration, image pixels
@@ -251,31 +252,34 @@ class MuSiCa:
         steps = []                               # per iteration: (faces running, their multiply-adds)
         trace = []
         for i, L in enumerate(geometry.ITERATION_LEVELS):
-            centres = init0[active][:, idx] / 2 ** L + d[active][:, idx]                    # (Fa, P, 2)
+            rows = slice(None) if len(active) == F else active   # the running faces' rows: views while all run
+            centres = init_p[rows] / 2 ** L + d[rows][:, idx]                               # (Fa, P, 2)
             corners = geometry.patch_corners(centres)                                       # (Fa, P, 2)
             step = Counter()
             if keep:        # extract the patches and keep every intermediate
                 patches = np.concatenate([
                     kernels.extract_patches(pyramids.level(f, L), c, geometry.PATCH_SIZE)
                     for f, c in zip(active, corners)])                                      # (Fa*P, 14, 14, 3)
-                out, h_new, inter = iteration_forward(patches, h[active], self.weights.iterations[i], step, True)
+                out, h_new, inter = iteration_forward(patches, h[rows], self.weights.iterations[i], step, True)
                 trace.append({"faces": active.copy(), "level": L, "centres": centres, "patches": patches,
                               **inter})
             else:           # the same result, the patches read from the levels in place
                 out, h_new = iteration_forward_levels(pyramids.data, pyramids.offsets[active, L],
-                                                      pyramids.shapes[active, L], corners, h[active],
+                                                      pyramids.shapes[active, L], corners, h[rows],
                                                       self.weights.iterations[i], step, self._features[i])
-            h[active] = h_new
-            d[active] += out[:, :2 * N].reshape(-1, N, 2)
+            h[rows] = h_new
+            d[rows] += out[:, :2 * N].reshape(-1, N, 2)
             e = out[:, 2 * N].astype(np.float64)
-            errors[active, i] = e
-            history[active, i] = geometry.level_to_image(init0 / 2 ** L + d, frames, L)[active]
-            runs[active] += 1
+            errors[rows, i] = e
+            history[rows, i] = geometry.level_to_image(init0 / 2 ** L + d, frames, L)[rows]
+            runs[rows] += 1
             steps.append((len(active), step))   # every face did the same work (v is a multiple of the faces)
-            active = active[~((ts > 0) & (e < ts))]
-            if len(active) == 0:
-                break
-            d[active] *= 2                          # Eq. 1: move to the next, twice finer level
+            if ts > 0:
+                active = active[~(e < ts)]          # stop where E < ts
+                if len(active) == 0:
+                    break
+                rows = slice(None) if len(active) == F else active
+            d[rows] *= 2                            # Eq. 1: move to the next, twice finer level
         results = []
         for f in range(F):
             k = runs[f]

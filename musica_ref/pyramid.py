@@ -5,6 +5,8 @@ The pyramids of a batch of faces live in one flat float32 buffer (Pyramids): the
 buffer with each level's offset and shape, which is what a port in C would pass too."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from . import kernels
@@ -26,12 +28,12 @@ class Pyramids:
         self.frames = list(frames)
         self.grids = [[sampling_grid(fr, L) for L in range(N_LEVELS)] for fr in self.frames]
         F = len(self.frames)
-        self.shapes = np.array([[(h, w, channels) for _, _, (h, w) in g] for g in self.grids],
-                               np.int64).reshape(F, N_LEVELS, 3)
-        sizes = self.shapes.prod(axis=2)
-        self.sizes = sizes                                                     # (F, N_LEVELS) values per level
-        self.offsets = (np.cumsum(sizes.reshape(-1)) - sizes.reshape(-1)).reshape(F, N_LEVELS)
-        n = int(sizes.sum())
+        shapes = [(h, w, channels) for g in self.grids for _, _, (h, w) in g]     # face by face, level by level
+        sizes = [h * w * c for h, w, c in shapes]
+        self.shapes = np.array(shapes, np.int64).reshape(F, N_LEVELS, 3)
+        self.sizes = np.array(sizes, np.int64).reshape(F, N_LEVELS)            # values per level
+        n = sum(sizes)
+        self.offsets = np.array([0, *itertools.accumulate(sizes)][:-1], np.int64).reshape(F, N_LEVELS)
         if (buffer is not None and buffer.dtype == np.float32 and buffer.ndim == 1 and buffer.shape[0] >= n
                 and buffer.flags.c_contiguous):
             self.data = buffer[:n]

@@ -87,7 +87,8 @@ def iteration_forward(patches, h_prev, w, counter: Counter | None = None, keep: 
                      attention=attention, gated=gated)
     else:       # the same arithmetic fused per patch: bit-identical gated features, nothing else stored
         gated = kernels.patch_features(patches, *feature_weights(w))
-    out, hidden = _recurrent_head(gated, h_prev, w, counter)
+    rnn_in = np.concatenate([gated.reshape(B, -1), h_prev], axis=1)                # (B, P*256 + 512)
+    out, hidden = _recurrent_head(rnn_in, w, counter)
     if keep:
         inter.update(hidden=hidden, out=out)
     return out, hidden, inter
@@ -103,15 +104,19 @@ def iteration_forward_levels(data, offsets, shapes, corners, h_prev, w, counter:
     once per level position for the overlapping patches of a face; one face splits its work between the
     threads, several faces go one per thread. Returns (out (B, 2N+1), hidden (B, 512))."""
     B, P = corners.shape[:2]
-    gated = np.empty((B * P, FEATURES), np.float32)
+    rnn_in = np.empty((B, P * FEATURES + HIDDEN), np.float32)       # [gated features of the P patches, h_prev]
+    rnn_in[:, P * FEATURES:] = h_prev
     if features is None:
         features = feature_weights(w)
-    if B == 1:
+    if B == 1:      # the kernel writes the features in place
         (h, wd, c), o = shapes[0], offsets[0]
-        kernels.level_patch_features(data[o:o + h * wd * c].reshape(h, wd, c), corners[0], *features, gated)
+        kernels.level_patch_features(data[o:o + h * wd * c].reshape(h, wd, c), corners[0], *features,
+                                     rnn_in[0, :P * FEATURES].reshape(P, FEATURES))
     else:
+        gated = np.empty((B * P, FEATURES), np.float32)
         kernels.levels_patch_features(data, offsets, shapes, corners, *features, gated)
-    return _recurrent_head(gated, h_prev, w, counter)
+        rnn_in[:, :P * FEATURES] = gated.reshape(B, -1)
+    return _recurrent_head(rnn_in, w, counter)
 
 
 def warm_head(w, n_faces: int) -> None:
@@ -119,17 +124,15 @@ def warm_head(w, n_faces: int) -> None:
     compiled (or loaded from the cache) for these weights' storage now, not when the first features are
     ready (a first run compiles them while a helper process compiles the feature extractor,
     kernels.precompile)."""
-    n_patches = (w["recurrent/weight"].shape[0] - HIDDEN) // FEATURES
-    _recurrent_head(np.zeros((n_faces * n_patches, FEATURES), np.float32), np.zeros((n_faces, HIDDEN), np.float32),
-                    w, None)
+    _recurrent_head(np.zeros((n_faces, w["recurrent/weight"].shape[0]), np.float32), w, None)
 
 
-def _recurrent_head(gated, h_prev, w, counter):
-    """The recurrent and output layers on the gated features (B*P, 256) of B faces; counts the iteration's
-    multiply-adds into counter. Returns (out (B, 2N+1), hidden (B, 512))."""
-    B = h_prev.shape[0]
-    BP = gated.shape[0]
-    rnn_in = np.concatenate([gated.reshape(B, -1), h_prev], axis=1)                # (B, P*256 + 512)
+def _recurrent_head(rnn_in, w, counter):
+    """The recurrent and output layers of B faces on rnn_in (B, P*256 + 512), each face's gated features
+    (P patches of 256, patch by patch) then its previous hidden state; counts the iteration's multiply-adds
+    into counter. Returns (out (B, 2N+1), hidden (B, 512))."""
+    B = rnn_in.shape[0]
+    BP = B * ((rnn_in.shape[1] - HIDDEN) // FEATURES)
     if "recurrent/scale" in w:      # int8 storage (quantize.py)
         pre = kernels.fully_connected_scaled(rnn_in, w["recurrent/weight"], w["recurrent/scale"],
                                              w["recurrent/bias"])
@@ -147,7 +150,7 @@ def _recurrent_head(gated, h_prev, w, counter):
         counter["conv1"] += BP * s1 * s1 * CONV_FILTERS * 3 * 3 * IN_CHANNELS
         counter["conv2"] += BP * s2 * s2 * CONV_FILTERS * 3 * 3 * CONV_FILTERS
         counter["attention"] += BP * FEATURES * FEATURES
-        counter["gate"] += gated.size
+        counter["gate"] += BP * FEATURES
         counter["recurrent"] += rnn_in.shape[0] * rnn_in.shape[1] * hidden.shape[1]
         counter["output"] += hidden.shape[0] * hidden.shape[1] * out.shape[1]
     return out, hidden

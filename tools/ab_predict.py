@@ -4,7 +4,7 @@ one side's parallel regions), and a shared machine drifts, so each round runs on
 B, then B then A in the next round) and the medians of the rounds are compared.
 
     python tools/ab_predict.py OTHER_TREE [--rounds 8] [--calls 150] [--threads 1,2] [--weights musica68]
-    python tools/ab_predict.py OTHER_TREE --paired [--calls 400]
+    python tools/ab_predict.py OTHER_TREE --paired [--calls 400] [--batch 16]
     python tools/ab_predict.py OTHER_TREE --stages [--calls 1500] [--threads 1]
 
 OTHER_TREE: a checkout of this project, e.g. `git worktree add /tmp/base main`. Each process warms up
@@ -14,7 +14,8 @@ then times `calls` predicts at each thread count and reports their median. Print
 --paired: both trees in one process (the other tree's package imported under another name), their predicts
 alternating call by call, A B B A ...: immune to the differences between processes (on a shared virtual
 machine a process can land on a slower host core for its whole life), though each side's calls run with the
-other's code and data in the caches.
+other's code and data in the caches. With --batch K each call is one predict_batch of K faces (the example
+face's box shifted and scaled a little, the same K boxes every call).
 
 --stages: as --paired, but per kernel: the arguments this tree's kernels get in one predict (the
 resamplings, the normalisation, the feature kernel at each iteration's level, the fully connected layers)
@@ -71,6 +72,7 @@ def run(tree, a):
 PAIRED = r"""
 import importlib.util, json, statistics, sys, time
 this, other, weights, calls, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+batch = int(sys.argv[6])
 sys.path.insert(0, this)
 from tools.numba_cache import use_keyed_cache
 use_keyed_cache()
@@ -87,6 +89,9 @@ import musica_ref
 mods = {"this": musica_ref, "other": load("musica_ref_other", other)}
 models = {k: m.MuSiCa.load(weights) for k, m in mods.items()}
 image = musica_ref.load_image(this + "/examples/face.png")
+x0, y0, x1, y1 = FACE_BOX
+boxes = [(x0 + 3 * (j % 5 - 2), y0 + 2 * (j % 3 - 1), x1 + 3 * (j % 4 - 2) + j % 7, y1 + 2 * (j % 5 - 2))
+         for j in range(batch)]
 out = {}
 for n in (int(v) for v in threads.split(",")):
     numba.set_num_threads(n)
@@ -94,7 +99,10 @@ for n in (int(v) for v in threads.split(",")):
     for i in range(calls + 20):
         for k in (("this", "other") if i % 2 == 0 else ("other", "this")):
             t = time.perf_counter()
-            models[k].predict(image, FACE_BOX)
+            if batch > 1:
+                models[k].predict_batch(image, boxes)
+            else:
+                models[k].predict(image, FACE_BOX)
             if i >= 20:
                 ts[k].append(time.perf_counter() - t)
     out[n] = {k: statistics.median(v) for k, v in ts.items()}
@@ -141,7 +149,8 @@ print(json.dumps(out))
 
 def one_process(script, other, a):
     """Run a script of both trees in one process (PAIRED, STAGES); what it printed last, as JSON."""
-    p = subprocess.run([sys.executable, "-c", script, str(ROOT), str(other), a.weights, str(a.calls), a.threads],
+    p = subprocess.run([sys.executable, "-c", script, str(ROOT), str(other), a.weights, str(a.calls), a.threads,
+                        str(a.batch)],
                        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
     if p.returncode != 0:
         sys.exit(f"ab_predict: the process with both trees failed:\n{p.stderr[-2000:]}")
@@ -161,7 +170,8 @@ def paired(other, a):
     """Both trees in one process, alternating call by call: the medians per thread count."""
     for n, med in one_process(PAIRED, other, a).items():
         print(f"  {n} thread(s): this {med['this'] * 1e3:.3f}, other {med['other'] * 1e3:.3f}, "
-              f"this / other {med['this'] / med['other']:.3f}  (medians of {a.calls} alternating calls, one process)")
+              f"this / other {med['this'] / med['other']:.3f}  (medians of {a.calls} alternating calls"
+              + (f" of predict_batch, {a.batch} faces" if a.batch > 1 else "") + ", one process)")
 
 
 def main(argv=None):
@@ -173,6 +183,7 @@ def main(argv=None):
     ap.add_argument("--weights", default="musica68")
     ap.add_argument("--paired", action="store_true", help="both trees in one process, calls alternating")
     ap.add_argument("--stages", action="store_true", help="both trees in one process, kernel by kernel")
+    ap.add_argument("--batch", type=int, default=1, help="with --paired: faces per call (predict_batch)")
     a = ap.parse_args(argv)
     other = a.other.resolve()
     if not (other / "musica_ref").is_dir():

@@ -80,6 +80,19 @@ def test_time_predict_without_fresh_processes(capsys):
             time_predict.main(["--weights", w, *bad])
 
 
+def test_time_predict_split_times_the_kernels_and_puts_them_back(capsys):
+    """--split wraps the kernels a predict calls with timers for its calls only: the Python share it prints
+    is a fraction of the predict, and the kernels are the originals afterwards."""
+    import musica_ref.kernels as k
+    before = {name: getattr(k, name) for name in time_predict.PREDICT_KERNELS}
+    w = str(Path(__file__).resolve().parents[1] / "weights" / "musica19.h5")
+    time_predict.main(["--weights", w, "--repeats", "2", "--fresh", "0", "--split"])
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("warm predict split")][0]
+    share = int(line.split("(")[2].split("%")[0])
+    assert 0 < share < 100, line
+    assert all(getattr(k, name) is f for name, f in before.items())
+
+
 def test_evaluate_boxes_and_choose_tf_on_a_synthetic_set(tmp_path, capsys):
     """The box-convention table and the failure-threshold choice end to end (no detector, no real data)."""
     from tools import choose_tf, evaluate_boxes

@@ -1,9 +1,11 @@
 """Time `predict` for one face: warm calls in this process, and the first call of fresh processes (numba
 compiling, or loading its on-disk cache). Prints the machine it ran on.
 
-    python tools/time_predict.py [--weights FILE] [--repeats 30] [--fresh 3]
+    python tools/time_predict.py [--weights FILE] [--repeats 30] [--fresh 3] [--split]
 
 Without --weights it uses random musica68 weights (the speed does not depend on the values).
+--split: how much of a warm predict is spent in the kernels (the public functions of musica_ref.kernels
+that a predict calls, their Python checks included) and how much in the Python around them.
 """
 import argparse
 import json
@@ -67,12 +69,49 @@ def fresh(weights, n, env=None):
     return out
 
 
+# the kernels a predict calls through musica_ref.kernels (--split times each call)
+PREDICT_KERNELS = ("resample_many", "normalise_pyramid", "normalise_pyramids", "level_patch_features",
+                   "levels_patch_features", "fully_connected", "fully_connected_scaled", "tanh")
+
+
+def split(model, img, repeats):
+    """Warm predicts with every call of PREDICT_KERNELS timed: the medians of (whole predict, the time
+    outside its kernel calls), in seconds."""
+    import musica_ref.kernels as k
+    spent = [0.0]
+
+    def timed(f):
+        def call(*args):
+            t = time.perf_counter()
+            try:
+                return f(*args)
+            finally:
+                spent[0] += time.perf_counter() - t
+        return call
+    originals = {name: getattr(k, name) for name in PREDICT_KERNELS}
+    whole, inside = [], []
+    try:
+        for name, f in originals.items():
+            setattr(k, name, timed(f))
+        for _ in range(repeats):
+            spent[0] = 0.0
+            t = time.perf_counter()
+            model.predict(img, BOX)
+            whole.append(time.perf_counter() - t)
+            inside.append(spent[0])
+    finally:
+        for name, f in originals.items():
+            setattr(k, name, f)
+    return statistics.median(whole), statistics.median(w - i for w, i in zip(whole, inside))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--fresh", type=int, default=3)
     ap.add_argument("--cold", action="store_true", help="also time a first call with an empty numba cache")
+    ap.add_argument("--split", action="store_true", help="also split warm predicts: kernels, and Python")
     a = ap.parse_args(argv)
     if a.repeats < 1 or a.fresh < 0:
         ap.error("--repeats must be at least 1 and --fresh at least 0")
@@ -94,6 +133,11 @@ def main(argv=None):
     print(f"variant: {model.weights.variant.name}; image {img.shape[1]}x{img.shape[0]}, box {BOX}")
     print(f"warm predict, one face, all 3 iterations: median {statistics.median(times) * 1e3:.1f} ms, "
           f"min {min(times) * 1e3:.1f} ms over {a.repeats} calls")
+    if a.split:
+        whole, outside = split(model, img, max(a.repeats, 100))
+        print(f"warm predict split (medians of {max(a.repeats, 100)} calls): {whole * 1e3:.2f} ms, of which "
+              f"{outside * 1e3:.2f} ms ({outside / whole:.0%}) outside the kernels' calls, in the Python around "
+              "them")
     if a.fresh:
         runs = fresh(weights, a.fresh)
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}

@@ -87,7 +87,7 @@ def detect_faces(image, detector=None) -> list[Face]:
     for k, item in enumerate(det(rgb)):
         try:
             vals = [float(v) for v in item]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InputError(f"the detector's box {k} is not a sequence of numbers x0, y0, x1, y1[, score]: "
                              f"{item!r:.80}") from None
         if len(vals) not in (4, 5):

@@ -68,7 +68,9 @@ def check_box(box, image_shape=None) -> np.ndarray:
     try:
         b = np.asarray(box, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"box must be 4 numbers (x0, y0, x1, y1), got {box!r}") from exc
+        raise InputError(f"box must be 4 numbers (x0, y0, x1, y1), got {box!r:.200}") from exc
+    except OverflowError as exc:                    # a Python integer beyond float64
+        raise InputError(f"box has a coordinate too large for a float64: {box!r:.200}") from exc
     if b.shape != (4,):
         raise InputError(f"box must be 4 numbers (x0, y0, x1, y1), got shape {b.shape}")
     x0, y0, x1, y1 = b.tolist()                 # Python floats: cheaper to compare than NumPy scalars

@@ -95,12 +95,14 @@ class Result:
 
 def _check_thresholds(ts, tf, refine=0):
     if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or not 0 <= refine <= MAX_REFINE:
-        raise InputError(f"refine must be an integer from 0 to {MAX_REFINE}, got {refine!r}")
+        raise InputError(f"refine must be an integer from 0 to {MAX_REFINE}, got {refine!r:.40}")
     for name, v in (("ts", ts), ("tf", tf)):
         try:
             fv = float(v)
         except (TypeError, ValueError):
-            raise InputError(f"{name} must be a number, got {v!r}") from None
+            raise InputError(f"{name} must be a number, got {v!r:.40}") from None
+        except OverflowError:                           # a Python integer beyond float64
+            raise InputError(f"{name} is too large for a float: {v!r:.40}") from None
         if math.isnan(fv):
             raise InputError(f"{name} must not be NaN")
     if float(ts) < 0:

@@ -40,6 +40,18 @@ SHAPE_MIN_CUTOFF = 0.5
 SHAPE_BETA = 8.0
 
 
+def _finite(name, v) -> float:
+    """A parameter as a finite float, or InputError naming it (a string, a bool, None, NaN, infinity or an
+    integer too large for a float)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError, OverflowError):
+        f = math.nan
+    if isinstance(v, (str, bytes, bool)) or not math.isfinite(f):
+        raise InputError(f"{name} must be a finite number, got {v!r:.40}")
+    return f
+
+
 def _alpha(cutoff, dt):
     """The smoothing factor of a first-order low-pass filter with this cutoff (Hz, a number or an array) for
     a step of dt seconds."""
@@ -61,10 +73,12 @@ class OneEuroFilter:
     row is the norm of its change."""
 
     def __init__(self, min_cutoff: float = SMOOTH_MIN_CUTOFF, beta: float = SMOOTH_BETA,
-                 d_cutoff: float = SMOOTH_D_CUTOFF):
-        for name, v in (("min_cutoff", min_cutoff), ("beta", beta), ("d_cutoff", d_cutoff)):
-            if not (math.isfinite(v) and v >= 0) or (name != "beta" and v == 0):
-                raise InputError(f"{name} must be a finite number {'>= 0' if name == 'beta' else '> 0'}, got {v!r}")
+                 d_cutoff: float = SMOOTH_D_CUTOFF, *, names=("min_cutoff", "beta", "d_cutoff")):
+        # names: what the error messages call the three parameters (FaceSmoother's shape filter has its own)
+        for k, (name, v) in enumerate(zip(names, (min_cutoff, beta, d_cutoff))):
+            f = _finite(name, v)
+            if f < 0 or (k != 1 and f == 0):                     # beta may be 0, the cutoffs may not
+                raise InputError(f"{name} must be a finite number {'>= 0' if k == 1 else '> 0'}, got {v!r}")
         self.min_cutoff, self.beta, self.d_cutoff = float(min_cutoff), float(beta), float(d_cutoff)
         self._x = self._v = self._t = None
 
@@ -120,7 +134,8 @@ class FaceSmoother:
                  d_cutoff: float = SMOOTH_D_CUTOFF, shape_min_cutoff: float = SHAPE_MIN_CUTOFF,
                  shape_beta: float = SHAPE_BETA):
         self.pose = OneEuroFilter(min_cutoff, beta, d_cutoff)
-        self.shape = OneEuroFilter(shape_min_cutoff, shape_beta, d_cutoff)
+        self.shape = OneEuroFilter(shape_min_cutoff, shape_beta, d_cutoff,
+                                   names=("shape_min_cutoff", "shape_beta", "d_cutoff"))
         self.ref = None          # the first landmarks, centred, in face sizes (set by the first call)
         self.unit = 1.0          # the face size of the first landmarks (px)
         self.theta = 0.0         # the last smoothed angle, against which a new one is unwrapped
@@ -180,11 +195,17 @@ class Tracker:
                  min_cutoff: float = SMOOTH_MIN_CUTOFF, beta: float = SMOOTH_BETA,
                  d_cutoff: float = SMOOTH_D_CUTOFF, shape_min_cutoff: float = SHAPE_MIN_CUTOFF,
                  shape_beta: float = SHAPE_BETA, new_iou: float = 0.3, merge_iou: float = 0.5):
-        from .model import DETECTED_REFINE
+        from .model import DETECTED_REFINE, _check_thresholds
         if isinstance(detect_every, bool) or not isinstance(detect_every, (int, np.integer)) or detect_every < 0:
-            raise InputError(f"detect_every must be an integer >= 0, got {detect_every!r}")
-        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+            raise InputError(f"detect_every must be an integer >= 0, got {detect_every!r:.40}")
+        if not _finite("fps", fps) > 0:
             raise InputError(f"fps must be a number > 0, got {fps!r}")
+        for name, v in (("new_iou", new_iou), ("merge_iou", merge_iou)):
+            if not 0 <= _finite(name, v) <= 1:
+                raise InputError(f"{name} must be an intersection over union, from 0 to 1, got {v!r}")
+        # ts, tf and refine as predict checks them, now rather than at the first frame
+        _check_thresholds(ts, getattr(model, "default_tf", math.inf) if tf is None else tf,
+                          DETECTED_REFINE if refine is None else refine)
         FaceSmoother(min_cutoff, beta, d_cutoff, shape_min_cutoff, shape_beta)      # checks the parameters now
         self.model, self.ts, self.tf = model, ts, tf
         self.smoothing, self.detect_every, self.detector = bool(smoothing), int(detect_every), detector

@@ -126,8 +126,8 @@ def _check_default_tf(v):
         return None
     try:
         fv = float(v)
-    except (TypeError, ValueError):
-        raise WeightsError(f"default_tf is {v!r}, expected a number") from None
+    except (TypeError, ValueError, OverflowError):
+        raise WeightsError(f"default_tf is {v!r:.40}, expected a number") from None
     if not (math.isfinite(fv) and fv > 0):
         raise WeightsError(f"default_tf is {fv}, expected a finite number > 0")
     return fv
@@ -191,7 +191,7 @@ def _int_attr(obj, key, where="file") -> int:
     v = _attr(obj, key, where)
     try:
         iv = int(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):     # OverflowError: an infinite float
         raise WeightsError(f"attribute {key!r} of the {where} is {v!r}, expected an integer") from None
     if iv != v:
         raise WeightsError(f"attribute {key!r} of the {where} is {v!r}, expected an integer")

@@ -64,6 +64,7 @@ def test_input_is_not_modified(model, rgb):
     ((500, 500, 600, 600), "outside"), ((-50, -50, -10, -10), "outside"), ((10, 10, 10, 50), "zero or negative"),
     ((30, 30, 20, 50), "zero or negative"), ((np.nan, 1, 5, 5), "non-finite"), ((1, 2, 3), "4 numbers"),
     ((0, 0, 1e9, 50), "larger than"), ((0, 0, 5e-324, 5e-324), "smaller than"), ((0, 0, 1e-12, 5), None),
+    ((0, 0, 10 ** 400, 50), "too large for a float64"),
 ])
 def test_bad_boxes(model, rgb, box, words):
     if words is None:                                     # tiny on one side only: a valid (if odd) box

@@ -202,7 +202,8 @@ def test_early_exit_rules():
         assert r.iterations == 1 and r.failed
 
 
-@pytest.mark.parametrize("ts, tf", [(-0.1, math.inf), (math.nan, 1.0), (0.0, math.nan), ("a", 1.0)])
+@pytest.mark.parametrize("ts, tf", [(-0.1, math.inf), (math.nan, 1.0), (0.0, math.nan), ("a", 1.0), (10 ** 400, 1.0),
+                                    (0.0, -10 ** 400)])
 def test_bad_thresholds(ts, tf):
     with pytest.raises(m.InputError):
         random_model("musica19", 0).predict(face_image(0, 50, 50), (10, 10, 40, 40), ts=ts, tf=tf)

@@ -232,8 +232,14 @@ def test_smoothing_off_gives_the_raw_landmarks(model19):
 
 
 def test_tracker_refuses_bad_settings(model19):
-    for kw in ({"detect_every": -1}, {"detect_every": 1.5}, {"fps": 0}, {"beta": -2}):
-        with pytest.raises(m.InputError):
+    """Every setting is checked when the Tracker is made (not at the first frame), each with an InputError
+    naming it: also strings, None, NaN and integers too large for a float."""
+    for kw in ({"detect_every": -1}, {"detect_every": 1.5}, {"fps": 0}, {"fps": 10 ** 400}, {"fps": True},
+               {"beta": -2}, {"beta": None}, {"min_cutoff": "a"}, {"shape_beta": 10 ** 400},
+               {"new_iou": float("nan")}, {"merge_iou": 5}, {"new_iou": "x"}, {"ts": -1}, {"ts": "x"},
+               {"tf": 10 ** 400}, {"refine": 9}):
+        name = next(iter(kw))
+        with pytest.raises(m.InputError, match=name):
             Tracker(model19, **kw)
 
 

@@ -141,6 +141,7 @@ def test_absurd_sizes_are_refused_before_reading(good, N, P):
 
 def test_non_integer_attribute(good):
     raises(edit(good, lambda f: f.attrs.__setitem__("n_patches", 2.5)), "'n_patches'", "integer")
+    raises(edit(good, lambda f: f.attrs.__setitem__("format_version", float("inf"))), "'format_version'", "integer")
 
 
 def test_wrong_iteration_count(good):

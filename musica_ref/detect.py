@@ -83,8 +83,12 @@ def detect_faces(image, detector=None) -> list[Face]:
     if not callable(det):
         raise InputError(f"detector must be a callable image -> boxes, got {type(det).__name__}")
     H, W = rgb.shape[:2]
+    found = det(rgb)
+    if isinstance(found, (str, bytes)) or not hasattr(found, "__iter__"):
+        raise InputError(f"the detector returned {type(found).__name__}; expected an iterable of boxes "
+                         "(x0, y0, x1, y1[, score])")
     faces = []
-    for k, item in enumerate(det(rgb)):
+    for k, item in enumerate(found):
         try:
             vals = [float(v) for v in item]
         except (TypeError, ValueError, OverflowError):

@@ -5,6 +5,7 @@ alpha channel dropped. `.pts` files are 1-based (300W): 1 is subtracted on read 
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -14,6 +15,8 @@ from .errors import InputError
 # whole-image copies and conversions go this many rows at a time, so that a large image gets no second
 # full-size temporary (load_image, stretch_to_uint8)
 STRIP_ROWS = 256
+# the largest value a float image may hold: the engine converts pixels to float32
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def image_view(image, channels: str = "rgb") -> np.ndarray:
@@ -49,8 +52,14 @@ def image_view(image, channels: str = "rgb") -> np.ndarray:
         image = image[:, :, :3]                                  # drop alpha
     if channels == "bgr" and image.shape[2] == 3:
         image = image[:, :, ::-1]
-    if np.issubdtype(image.dtype, np.floating) and not (np.isfinite(image.min()) and np.isfinite(image.max())):
-        raise InputError("image has NaN or infinite values")      # (NaN propagates to min and max: no copy)
+    if np.issubdtype(image.dtype, np.floating):
+        lo, hi = float(image.min()), float(image.max())         # NaN propagates to both: no copy needed
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise InputError("image has NaN or infinite values")
+        if max(-lo, hi) > FLOAT32_MAX:                            # the engine's pixels are float32
+            raise InputError(f"image has a value of magnitude {max(-lo, hi):.3g}, beyond float32 (the engine's "
+                             f"pixel type, at most {FLOAT32_MAX:.3g}); scale it down (the model normalises each "
+                             "face's pixels, so the scale does not matter)")
     return image
 
 

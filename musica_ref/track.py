@@ -225,7 +225,7 @@ class Tracker:
         """Track the faces into `frame` ((H, W, 3) array or a path); t its time in seconds (default: the frame
         index / fps). Returns one Result per tracked face, by track id."""
         rgb = as_rgb(image_or_path(frame))
-        t = self.frame_index / self.fps if t is None else float(t)
+        t = self.frame_index / self.fps if t is None else _finite("t", t)
         results = {}
         if self.tracks:                          # every tracked face from the box of its last landmarks
             runs = self.model.predict_batch(rgb, [tr.box() for tr in self.tracks], ts=self.ts, tf=self.tf)

@@ -36,7 +36,7 @@ def finite(r):
     (np.zeros((4, 10, 10, 3), np.uint8), "shape"), (np.zeros((10, 10, 3), bool), "dtype"),
     (np.full((10, 10, 3), np.nan, np.float32), "NaN"), (np.full((10, 10), np.inf), "NaN or infinite"),
     (np.zeros((10, 10, 3), complex), "dtype"), ("not an image", "does not exist"),
-    (b"\x00\x01", "dtype"),
+    (b"\x00\x01", "dtype"), (np.full((10, 10, 3), 1e300), "beyond float32"), (np.full((10, 10), -1e39), "float32"),
 ])
 def test_bad_images(model, image, words):
     with pytest.raises(m.InputError, match=words):

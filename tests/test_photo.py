@@ -92,7 +92,9 @@ def test_any_callable_detector_plugs_in(model19):
     assert model19.predict_image(image, detector=lambda img: []) == []
     for bad, words in (([(1, 2, 3)], "3 numbers"), ([(0, 0, np.nan, 9)], "not finite"),
                        ([(np.array([0, 0, 9, 9]), 0.9)], "box 0 is not a sequence of numbers"),
-                       ([7], "box 0 is not a sequence"), ([("a", 0, 9, 9)], "not a sequence")):
+                       ([7], "box 0 is not a sequence"), ([("a", 0, 9, 9)], "not a sequence"),
+                       (None, "returned NoneType"), ("boxes", "returned str"),
+                       ([(0, 0, 10 ** 400, 9)], "not a sequence of numbers")):
         with pytest.raises(m.InputError, match=words):
             m.detect_faces(image, detector=lambda img, bad=bad: bad)
     with pytest.raises(m.InputError, match="callable"):

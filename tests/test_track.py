@@ -241,6 +241,10 @@ def test_tracker_refuses_bad_settings(model19):
         name = next(iter(kw))
         with pytest.raises(m.InputError, match=name):
             Tracker(model19, **kw)
+    tracker = Tracker(model19, detector=FakeDetector())
+    for t in ("x", float("inf"), 10 ** 400, float("nan")):
+        with pytest.raises(m.InputError, match="t must be a finite number"):
+            tracker.update(moving_face(0, 0), t=t)
 
 
 # --- musica-ref track ---------------------------------------------------------------------------------------------

@@ -41,9 +41,11 @@ def _same_file(a, b) -> bool:
 def _resolve_weights(a):
     """--weights, else --model, else $MUSICA_REF_WEIGHTS (a name or a path), else the default model."""
     from .models import resolve_model
-    if a.weights and a.model:
+    if a.weights is not None and a.model is not None:
         raise InputError("give --model or --weights, not both")
-    if a.model and a.model not in MODELS:
+    if a.weights == "":
+        raise InputError("--weights needs a weights file (.h5)")
+    if a.model is not None and a.model not in MODELS:       # (an empty --model '' too)
         raise InputError(f"unknown model {a.model!r}; choose one of {', '.join(MODELS)} (or --weights FILE.h5)")
     return resolve_model(a.weights or a.model or os.environ.get(WEIGHTS_ENV) or DEFAULT_MODEL)
 
@@ -353,8 +355,8 @@ def cmd_random_weights(a) -> int:
     if os.path.exists(a.out) and not a.force:
         raise InputError(f"{a.out!r} exists; pass --force to replace it")
     _check_writable(a.out)
-    if a.seed < 0:
-        raise InputError(f"--seed must be >= 0, got {a.seed}")
+    if not 0 <= a.seed < 2 ** 63:                   # stored in the file's provenance as a 64-bit integer
+        raise InputError(f"--seed must be from 0 to 2**63 - 1, got {a.seed}")
     v = _variant_from(a)
     _atomic_write(a.out, lambda tmp: save_weights(tmp, random_weights(v, seed=a.seed),
                                                   dtype=np.float16 if a.float16 else np.float32))

@@ -5,9 +5,14 @@ are 0-based landmark indices, in the order their patches enter the recurrent lay
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from .errors import InputError
+
+# the most landmarks a variant may have: far above any annotation scheme (68, 98), and a bound on what a weights
+# file may declare (weights.py) or random-weights may allocate (a recurrent layer grows with N * 512 weights)
+MAX_LANDMARKS = 1000
 
 
 @dataclass(frozen=True)
@@ -39,10 +44,14 @@ def get_variant(name: str) -> Variant:
 
 
 def custom_variant(n_landmarks: int, patch_indices=None, name: str | None = None) -> Variant:
-    """A variant of N landmarks with patches at `patch_indices` (default: every landmark)."""
+    """A variant of 1 <= N <= MAX_LANDMARKS landmarks with patches at `patch_indices` (default: every
+    landmark)."""
+    if isinstance(n_landmarks, bool) or not isinstance(n_landmarks, numbers.Integral) or n_landmarks < 1:
+        raise InputError(f"a variant needs at least one landmark, got N = {n_landmarks!r:.40}")
+    if n_landmarks > MAX_LANDMARKS:
+        raise InputError(f"a variant has at most {MAX_LANDMARKS} landmarks, got N = {n_landmarks!s:.40}")
+    n_landmarks = int(n_landmarks)
     idx = tuple(range(n_landmarks)) if patch_indices is None else tuple(int(i) for i in patch_indices)
-    if n_landmarks < 1:
-        raise InputError(f"a variant needs at least one landmark, got N = {n_landmarks}")
     if not idx:
         raise InputError("a variant needs at least one patch")
     bad = [i for i in idx if not 0 <= i < n_landmarks]

@@ -25,13 +25,12 @@ import numpy as np
 from . import geometry
 from .errors import WeightsError
 from .network import TENSORS, tensor_shapes
-from .variants import Variant, custom_variant
+from .variants import MAX_LANDMARKS, Variant, custom_variant
 
 FORMAT_NAME = "musica-ref-weights"
 FORMAT_VERSION = 2                  # what save_weights writes
 READABLE_VERSIONS = (1, 2)          # 1: no checksums
 CHECKSUM_ATTR = "sha256"
-MAX_LANDMARKS = 1000                # a file declaring more is refused before any tensor is read
 FLOAT16_MAX = float(np.finfo(np.float16).max)   # 65504: larger values do not fit float16 storage
 N_ITERATIONS = len(geometry.ITERATION_LEVELS)
 

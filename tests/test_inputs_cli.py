@@ -170,6 +170,13 @@ def test_cli_refuses_to_overwrite_inputs(capsys, tmp_path, weights_file):
     assert code == 2 and "--force" in err
 
 
+def test_cli_empty_model_or_weights_is_refused_not_replaced_by_the_default(capsys):
+    code, _, err = run(capsys, "predict", EXAMPLE, "--box", "92,112,228,236", "--model", "")
+    assert code == 2 and "unknown model ''" in err
+    code, _, err = run(capsys, "predict", EXAMPLE, "--box", "92,112,228,236", "--weights", "")
+    assert code == 2 and "--weights needs a weights file" in err
+
+
 def test_cli_weights_errors(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv(cli.WEIGHTS_ENV, str(tmp_path / "none.h5"))
     code, _, err = run(capsys, "predict", EXAMPLE, "--box", "92,112,228,236")
@@ -201,7 +208,8 @@ def test_cli_count_and_info(capsys, weights_file):
 @pytest.mark.parametrize("args, words", [
     (["--patches", "5"], "needs --landmarks"), (["--landmarks", "5", "--patches", "6"], "from 1 to --landmarks (5)"),
     (["--landmarks", "0"], "at least one landmark"), (["--landmarks", "5", "--patches", "0"], "from 1 to"),
-    (["--variant", "musica19", "--landmarks", "5"], "not both"),
+    (["--variant", "musica19", "--landmarks", "5"], "not both"), (["--landmarks", "1001"], "at most 1000 landmarks"),
+    (["--landmarks", "99999999999999999999"], "at most 1000 landmarks"),
 ])
 def test_count_and_random_weights_share_one_rule(capsys, tmp_path, args, words):
     for cmd in (["count"], ["random-weights", str(tmp_path / "w.h5")]):
@@ -211,8 +219,10 @@ def test_count_and_random_weights_share_one_rule(capsys, tmp_path, args, words):
 
 
 def test_random_weights_refuses_bad_seeds_and_missing_folders(capsys, tmp_path):
-    code, _, err = run(capsys, "random-weights", tmp_path / "w.h5", "--seed=-1")
-    assert code == 2 and "--seed must be >= 0" in err and not (tmp_path / "w.h5").exists()
+    for seed in ("-1", str(2 ** 63), "99999999999999999999999"):
+        code, _, err = run(capsys, "random-weights", tmp_path / "w.h5", f"--seed={seed}")
+        assert code == 2 and "--seed must be from 0 to 2**63 - 1" in err and err.count("\n") == 1, err
+        assert not (tmp_path / "w.h5").exists()
     code, _, err = run(capsys, "random-weights", tmp_path / "no" / "w.h5")
     assert code == 2 and "does not exist" in err and err.count("\n") == 1
     code, out, _ = run(capsys, "random-weights", tmp_path / "w.h5", "--landmarks", "7", "--patches", "2")

@@ -246,6 +246,7 @@ class MuSiCa:
         d = np.zeros((F, N, 2))                  # displacement, in the current level's pixels
         h = np.zeros((F, HIDDEN), np.float32)    # recurrent state
         active = np.arange(F)                    # faces still running
+        rows = slice(None)                       # their rows: a view while every face runs, else active
         init_p = init0[:, idx]                   # (F, P, 2) the patches' landmarks
         n_levels = len(geometry.ITERATION_LEVELS)
         errors = np.empty((F, n_levels))
@@ -254,7 +255,6 @@ class MuSiCa:
         steps = []                               # per iteration: (faces running, their multiply-adds)
         trace = []
         for i, L in enumerate(geometry.ITERATION_LEVELS):
-            rows = slice(None) if len(active) == F else active   # the running faces' rows: views while all run
             centres = init_p[rows] / 2 ** L + d[rows][:, idx]                               # (Fa, P, 2)
             corners = geometry.patch_corners(centres)                                       # (Fa, P, 2)
             step = Counter()

@@ -195,6 +195,9 @@ def test_ab_predict_compares_a_tree_with_itself(capsys):
     ab_predict.main([str(root), "--paired", "--calls", "3", "--threads", "1", "--weights", "musica19"])
     out = capsys.readouterr().out
     assert "1 thread(s): this" in out and "one process" in out and "machine:" in out
+    ab_predict.main([str(root), "--paired", "--calls", "2", "--threads", "1", "--weights", "musica19", "--batch", "2"])
+    out = capsys.readouterr().out
+    assert "of predict_batch, 2 faces" in out and "this / other" in out
     ab_predict.main([str(root), "--stages", "--calls", "3", "--threads", "1", "--weights", "musica19"])
     out = capsys.readouterr().out
     for kernel in ("resample_many", "normalise_pyramid", "level_patch_features", "fully_connected"):

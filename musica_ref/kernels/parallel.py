@@ -205,6 +205,12 @@ def _address(worker, args):
     return found
 
 
+def _worker_raised(worker) -> RuntimeError:
+    """The error for a worker that raised (workers must not: its exception cannot cross the threads)."""
+    return RuntimeError(f"{worker.__name__}: a worker raised an exception (workers must not raise: the kernel "
+                        "should have refused its inputs before it started)")
+
+
 def run_alone(worker, *args):
     """worker(counter, *args) on the calling thread alone, with a new counter: every item runs here (a small
     job, where waking another thread costs more than it saves). A worker's exception is reported as by
@@ -214,8 +220,7 @@ def run_alone(worker, *args):
     try:
         worker(np.zeros(1, np.int64), *args)
     except Exception as e:
-        raise RuntimeError(f"{worker.__name__}: a worker raised an exception (workers must not raise: "
-                           "the kernel should have refused its inputs before it started)") from e
+        raise _worker_raised(worker) from e
 
 
 def _launch_for(worker, last, n_items, args):
@@ -247,5 +252,4 @@ def run_parallel(worker, n_items, *args):
     else:
         failed = _launch_for(worker, last, n_items, args)
     if failed:
-        raise RuntimeError(f"{worker.__name__}: a worker raised an exception (workers must not raise: "
-                           "the kernel should have refused its inputs before it started)")
+        raise _worker_raised(worker)
